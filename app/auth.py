@@ -1,0 +1,58 @@
+"""API keys: random bearer tokens stored only as sha256, scoped to one tenant."""
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.models import ApiKey, Tenant
+
+KEY_PREFIX = "dk_"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def get_or_create_tenant(*, db: Session, name: str) -> Tenant:
+    tenant = db.scalar(select(Tenant).where(Tenant.name == name))
+    if tenant is None:
+        tenant = Tenant(name=name)
+        db.add(tenant)
+        db.flush()
+    return tenant
+
+
+def create_api_key(*, db: Session, tenant_name: str, key_name: str = "default") -> tuple[ApiKey, str]:
+    """Create a key for a new or existing tenant; return the row and the plain key (shown once)."""
+    tenant = get_or_create_tenant(db=db, name=tenant_name)
+    plain = KEY_PREFIX + secrets.token_urlsafe(32)
+    row = ApiKey(tenant_id=tenant.id, name=key_name, key_sha256=hash_key(plain), prefix=plain[:10])
+    db.add(row)
+    db.commit()
+    return row, plain
+
+
+def register_api_key(*, db: Session, tenant_name: str, plain_key: str, key_name: str = "dev") -> ApiKey:
+    """Store a given key (the dev key of `distillery up`) unless it is already known."""
+    digest = hash_key(plain_key)
+    existing = db.scalar(select(ApiKey).where(ApiKey.key_sha256 == digest))
+    if existing is not None:
+        return existing
+    tenant = get_or_create_tenant(db=db, name=tenant_name)
+    row = ApiKey(tenant_id=tenant.id, name=key_name, key_sha256=digest, prefix=plain_key[:10])
+    db.add(row)
+    db.commit()
+    return row
+
+
+def authenticate(*, db: Session, plain_key: str) -> Tenant | None:
+    """Return the tenant of an active key, or None."""
+    digest = hash_key(plain_key)
+    row = db.scalar(select(ApiKey).where(ApiKey.key_sha256 == digest, ApiKey.revoked_at.is_(None)))
+    # The lookup is by hash; the constant-time compare keeps the final check free of timing leaks.
+    if row is None or not hmac.compare_digest(row.key_sha256, digest):
+        return None
+    return row.tenant

@@ -1,0 +1,272 @@
+"""The ``distillery`` command: run the service, manage keys, train locally, talk to a server."""
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+cli = typer.Typer(help="Distillery: multi-task knowledge distillation as a service.", no_args_is_help=True)
+keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
+console = Console()
+ROOT = Path(__file__).resolve().parent.parent
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="DISTILLERY_URL", help="server URL")]
+KeyOpt = Annotated[str, typer.Option("--api-key", envvar="DISTILLERY_API_KEY", help="API key")]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _settings():  # imported lazily so `distillery submit` stays light
+    from app.config import get_settings
+
+    return get_settings()
+
+
+def run_migrations(database_url: str | None = None) -> None:
+    """Upgrade the database to the newest Alembic revision."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(ROOT / "migrations"))
+    if database_url:
+        cfg.attributes["url"] = database_url
+    command.upgrade(cfg, "head")
+
+
+@cli.command()
+def migrate() -> None:
+    """Upgrade the database schema to the newest revision."""
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run_migrations(settings.resolved_database_url)
+    console.print("database is at the newest revision")
+
+
+@keys_cli.command("create")
+def keys_create(tenant: Annotated[str, typer.Argument(help="tenant name (created if new)")],
+                name: Annotated[str, typer.Option(help="a label for the key")] = "default") -> None:
+    """Create an API key for a new or existing tenant and print it (shown only once)."""
+    from app.auth import create_api_key
+    from app.db import session_scope
+
+    with session_scope(_settings().resolved_database_url) as db:
+        row, plain = create_api_key(db=db, tenant_name=tenant, key_name=name)
+    console.print(f"[green]created key {row.prefix}… for tenant {tenant!r}[/green]", highlight=False)
+    print(plain)
+
+
+def ensure_dev_key() -> str:
+    """Return the dev API key, creating it (and DATA_DIR/dev-api-key) on first start."""
+    from app.auth import register_api_key
+    from app.db import session_scope
+
+    settings = _settings()
+    key_file = settings.data_dir / "dev-api-key"
+    plain = settings.dev_api_key or (key_file.read_text().strip() if key_file.exists() else None)
+    if not plain:
+        plain = "dk_" + secrets.token_urlsafe(32)
+    key_file.write_text(plain + "\n")
+    key_file.chmod(0o600)
+    with session_scope(settings.resolved_database_url) as db:
+        register_api_key(db=db, tenant_name="dev", plain_key=plain)
+    return plain
+
+
+def worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "distillery",
+            "-c", str(concurrency), "--loglevel", loglevel, "-n", f"distillery-{os.getpid()}@%h"]
+
+
+@cli.command()
+def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    settings = _settings()
+    uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, proxy_headers=True)
+
+
+@cli.command()
+def worker(concurrency: Annotated[int, typer.Option("-c", help="processes; use one per GPU")] = 1,
+           loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+    """Run a Celery worker that trains queued jobs."""
+    os.execv(sys.executable, worker_argv(concurrency, loglevel))
+
+
+@cli.command()
+def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None) -> None:
+    """Start everything on this machine: migrate, a dev API key, one worker and the API."""
+    import uvicorn
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    run_migrations(settings.resolved_database_url)
+    key = ensure_dev_key()
+    host, port = host or settings.host, port or settings.port
+    worker_proc = subprocess.Popen(worker_argv(), start_new_session=True)
+    console.print(f"[bold]Distillery[/bold] on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
+    console.print(f"database: {settings.resolved_database_url}\nbroker:   {settings.resolved_broker_url}")
+    console.print(f"dev API key (also in {settings.data_dir / 'dev-api-key'}):", highlight=False)
+    print(key, flush=True)
+    try:
+        uvicorn.run("app.main:app", host=host, port=port)
+    finally:
+        os.killpg(worker_proc.pid, signal.SIGTERM)
+        try:
+            worker_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker_proc.pid, signal.SIGKILL)
+
+
+def _console_callbacks():  # noqa: ANN202  (torch is imported only for local training)
+    from app.training.loop import TrainCallbacks
+
+    class ConsoleCallbacks(TrainCallbacks):
+        """Print stage starts and epochs of a local `distillery train` run."""
+
+        def on_stage_start(self, *, stage: str, epochs: int) -> None:
+            console.print(f"[bold]{stage}[/bold]: {epochs} epochs")
+
+        def on_epoch_end(self, *, stage: str, epoch: int, epochs: int, progress: float,
+                         metrics: dict[str, float], losses: dict[str, float], seconds: float) -> None:
+            shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+            console.print(f"  {stage} {epoch}/{epochs}  {progress:6.1%}  {shown}  ({seconds:.2f}s)", highlight=False)
+
+    return ConsoleCallbacks()
+
+
+def _load_spec_file(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+
+
+@cli.command()
+def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
+          out: Annotated[Path, typer.Option("--out", help="where the artifacts go")] = Path("out")) -> None:
+    """Run a spec in this process, no server: same artifacts as a job."""
+    from pydantic import ValidationError
+
+    from app.training.loop import train as run_training
+    from app.training.spec import JobSpec
+
+    try:
+        spec = JobSpec.model_validate(_load_spec_file(spec_path))
+    except ValidationError as exc:
+        console.print(f"[red]invalid spec[/red]\n{exc}")
+        raise typer.Exit(2) from exc
+    workdir = out / ".work"
+    result = run_training(spec, workdir, callbacks=_console_callbacks())
+    out.mkdir(parents=True, exist_ok=True)
+    for path in result.artifacts:
+        shutil.copyfile(path, out / path.name)
+    shutil.rmtree(workdir, ignore_errors=True)
+    _print_results(result.results)
+    console.print(f"artifacts in {out}/: " + ", ".join(p.name for p in result.artifacts))
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    table = Table(title="teacher vs student vs baseline (test split)")
+    for col in ("task", "metric", "teacher", "student", "baseline"):
+        table.add_column(col)
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    for task, row in results["tasks"].items():
+        table.add_row(task, row["metric"], fmt(row.get("teacher")), fmt(row.get("student")), fmt(row.get("baseline")))
+    console.print(table)
+    params = results.get("params", {})
+    if params:
+        console.print(f"params: teacher {params.get('teacher')}, student {params.get('student')}")
+
+
+def _client(url: str, api_key: str):  # noqa: ANN202
+    from app.client import Client
+
+    if not api_key:
+        raise typer.BadParameter("no API key: pass --api-key or set DISTILLERY_API_KEY")
+    return Client(url, api_key)
+
+
+@cli.command()
+def submit(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
+           wait: Annotated[bool, typer.Option("--wait", help="follow progress until the job ends")] = False,
+           url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Submit a job spec to the server."""
+    from app.client import ApiError
+
+    with _client(url, api_key) as client:
+        try:
+            job = client.submit(_load_spec_file(spec_path))
+        except ApiError as exc:
+            console.print(f"[red]{exc.status} {exc.code}[/red]: {exc.detail}", highlight=False)
+            for err in exc.problem.get("errors") or []:
+                console.print(f"  {err.get('field')}: {err.get('message')}", highlight=False)
+            raise typer.Exit(1) from exc
+        console.print(f"job {job['id']} {job['status']}", highlight=False)
+        if not wait:
+            print(job["id"])
+            return
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task(job["status"], total=1.0)
+
+            def show(j: dict[str, Any]) -> None:
+                m = j.get("metrics") or {}
+                tail = "  ".join(f"{k}={v:.3f}" for k, v in (m.get("metrics") or {}).items())
+                epoch = f" {m['epoch']}/{m['epochs']}" if m else ""
+                bar.update(task, completed=j["progress"], description=f"{j['status']} {j.get('stage') or ''}{epoch} {tail}")
+
+            job = client.wait(job["id"], on_update=show)
+        console.print(f"job {job['id']} {job['status']}", highlight=False)
+        if job["status"] == "succeeded":
+            _print_results(client.results(job["id"]))
+        else:
+            if job.get("error"):
+                console.print(f"[red]{job['error']['code']}[/red]: {job['error']['message']}", highlight=False)
+            raise typer.Exit(1)
+
+
+@cli.command()
+def status(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Show a job's status and progress."""
+    with _client(url, api_key) as client:
+        print(json.dumps(client.job(job_id), indent=2))
+
+
+@cli.command()
+def cancel(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Cancel a job."""
+    with _client(url, api_key) as client:
+        job = client.cancel(job_id)
+    console.print(f"job {job_id}: {job['status']}{' (cancel requested)' if job['status'] == 'running' else ''}")
+
+
+@cli.command()
+def download(job_id: str, out: Annotated[Path | None, typer.Option("--out")] = None,
+             url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Download every artifact of a job, checking each sha256."""
+    out = out or Path(job_id)
+    with _client(url, api_key) as client:
+        paths = client.download_all(job_id, out)
+    for p in paths:
+        console.print(f"{p}  ({p.stat().st_size} bytes, sha256 ok)", highlight=False)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""A small HTTP client for the Distillery API (used by the CLI and the end-to-end tests)."""
+
+import hashlib
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ApiError(Exception):
+    """A problem+json answer: ``status``, ``code``, ``detail`` and the whole ``problem``."""
+
+    def __init__(self, status: int, problem: dict[str, Any]):
+        self.status = status
+        self.problem = problem
+        self.code = problem.get("code", "http_error")
+        self.detail = problem.get("detail", "")
+        super().__init__(f"{status} {self.code}: {self.detail}")
+
+
+class Client:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0):
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
+                                  headers={"Authorization": f"Bearer {api_key}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, url, **kwargs)
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"detail": response.text}
+            raise ApiError(response.status_code, problem)
+        return response
+
+    def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+        key = idempotency_key or uuid.uuid4().hex  # a retried submit must not make a second job
+        return self._request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit}).json()
+
+    def results(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}/results").json()
+
+    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()
+
+    def wait(self, job_id: str, *, poll: float = 1.0, timeout: float | None = None, on_update: Any = None) -> dict[str, Any]:
+        """Poll until the job ends; ``on_update(job)`` sees every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["status"] in TERMINAL:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+            time.sleep(poll)
+
+    def download(self, job_id: str, name: str, dest: Path, *, sha256: str | None = None) -> Path:
+        """Stream one artifact to ``dest`` and check its sha256 against the listing."""
+        digest = hashlib.sha256()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".part")
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/artifacts/{name}") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.json())
+            with tmp.open("wb") as fh:
+                for chunk in response.iter_bytes():
+                    digest.update(chunk)
+                    fh.write(chunk)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            tmp.unlink(missing_ok=True)
+            raise ValueError(f"{name}: sha256 {digest.hexdigest()} does not match the listing's {sha256}")
+        tmp.replace(dest)
+        return dest
+
+    def download_all(self, job_id: str, out_dir: Path) -> list[Path]:
+        return [self.download(job_id, a["name"], out_dir / a["name"], sha256=a["sha256"]) for a in self.artifacts(job_id)]

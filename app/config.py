@@ -1,0 +1,73 @@
+"""Settings read from the environment (prefix ``DISTILLERY_``) through ``get_settings()``."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the API, the worker and the CLI; defaults suit the embedded single-machine mode."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTILLERY_", extra="ignore")
+
+    env: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Path(".distillery")
+    database_url: str | None = None  # default: SQLite under data_dir
+    broker_url: str | None = None  # default: Celery filesystem transport under data_dir
+    artifact_dir: Path | None = None  # default: data_dir / "artifacts"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_attempts: int = Field(default=3, ge=1)
+    heartbeat_seconds: float = Field(default=2.0, gt=0)  # also how often cancel is checked
+    stale_after_seconds: float = Field(default=60.0, gt=0)  # heartbeat older than this -> reaped
+    reap_interval_seconds: float = Field(default=15.0, gt=0)
+    # Redis redelivers an unacked message after this; it must outlast the longest job.
+    visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
+    max_jobs_listed: int = Field(default=100, ge=1)
+    dev_api_key: str | None = None  # `distillery up` writes one to data_dir/dev-api-key when unset
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> "Settings":
+        if self.env != "production":
+            return self
+        problems = []
+        if self.resolved_database_url.startswith("sqlite"):
+            problems.append("DISTILLERY_DATABASE_URL must name a server database (not SQLite)")
+        if self.resolved_broker_url.startswith("filesystem"):
+            problems.append("DISTILLERY_BROKER_URL must name a real broker (not the filesystem transport)")
+        if self.dev_api_key:
+            problems.append("DISTILLERY_DEV_API_KEY must not be set in production")
+        if problems:
+            raise ValueError("unsafe settings for production: " + "; ".join(problems))
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'distillery.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def resolved_artifact_dir(self) -> Path:
+        return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def work_dir(self) -> Path:
+        return (self.data_dir / "work").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """Return the process-wide settings (tests call ``get_settings.cache_clear()`` after changing env)."""
+    return Settings()

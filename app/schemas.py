@@ -1,0 +1,89 @@
+"""HTTP models. A job's body is ``JobSpec`` itself (imported, never copied)."""
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.training.spec import JobSpec
+
+JobCreate = JobSpec
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    status: JobStatus
+    progress: float = Field(description="fraction of all training epochs done, 0..1")
+    stage: str | None = Field(description="stage now training, e.g. 'teacher:digit-teacher', 'student'")
+    metrics: dict[str, Any] | None = Field(description="latest epoch: stage, epoch, per-task metrics, losses")
+    attempt: int
+    cancel_requested: bool
+    error: JobError | None
+    spec: dict[str, Any] = Field(description="the stored spec, every default filled in")
+    spec_sha256: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_job(cls, job: Any) -> "JobOut":
+        error = JobError(code=job.error_code, message=job.error_message or "") if job.error_code else None
+        return cls.model_validate({**{k: getattr(job, k) for k in cls.model_fields if k != "error"}, "error": error})
+
+
+class JobList(BaseModel):
+    data: list[JobOut]
+    has_more: bool
+
+
+class EventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    kind: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    data: list[EventOut]
+    has_more: bool
+
+
+class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    size: int
+    sha256: str
+    media_type: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, as every error of this API is returned."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,130 @@
+"""Job creation, listing, lookup and cancellation on behalf of a tenant."""
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.config import Settings
+from app.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
+from app.models import TERMINAL_STATUSES, Job, Tenant
+from app.queue import enqueue
+from app.services.events import add_event
+from app.training.spec import JobSpec, spec_sha256
+
+log = logging.getLogger("distillery.jobs")
+
+
+def _request_sha(stored_spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(stored_spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Store a queued job (defaults filled in) and commit; return it and whether it is new.
+
+    With an ``idempotency_key``, a repeat of the same body returns the first job; a different
+    body under the same key is refused.
+    """
+    stored = spec.model_dump(mode="json")
+    digest = spec_sha256(spec)
+    if idempotency_key is not None:
+        existing = _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key)
+        if existing is not None:
+            return _same_request_or_conflict(existing, digest), False
+    job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
+              idempotency_key=idempotency_key, status="queued", enqueued_at=utcnow())
+    db.add(job)
+    try:
+        db.flush()
+    except IntegrityError:  # a concurrent request with the same key won the race
+        db.rollback()
+        existing = _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key or "")
+        if existing is None:
+            raise
+        return _same_request_or_conflict(existing, digest), False
+    add_event(db=db, job_id=job.id, kind="queued", data={"spec_sha256": digest})
+    db.commit()
+    return job, True
+
+
+def _find_by_idempotency_key(*, db: Session, tenant: Tenant, key: str) -> Job | None:
+    return db.scalar(select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == key))
+
+
+def _same_request_or_conflict(existing: Job, digest: str) -> Job:
+    if existing.spec_sha256 != digest:
+        raise InvalidRequest(
+            "Idempotency-Key was already used with a different request body",
+            errors=[{"field": "header.Idempotency-Key", "message": "reused with a different body",
+                     "type": "idempotency_key_reused"}],
+        )
+    return existing
+
+
+def get_job(*, db: Session, tenant: Tenant, job_id: str) -> Job:
+    """Return the tenant's job or raise NotFound (another tenant's job is not found either)."""
+    job = db.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant.id))
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def list_jobs(*, db: Session, tenant: Tenant, status: str | None, limit: int, after: str | None) -> tuple[list[Job], bool]:
+    """Return the tenant's jobs, newest first, after the cursor job ``after``."""
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if after is not None:
+        cursor = db.scalar(select(Job).where(Job.id == after, Job.tenant_id == tenant.id))
+        if cursor is None:
+            raise InvalidRequest(f"unknown cursor {after!r}",
+                                 errors=[{"field": "query.after", "message": "no such job", "type": "invalid_cursor"}])
+        query = query.where(or_(Job.created_at < cursor.created_at,
+                                and_(Job.created_at == cursor.created_at, Job.id < cursor.id)))
+    rows = list(db.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def request_cancel(*, db: Session, job: Job) -> Job:
+    """Cancel a queued job at once; ask a running one to stop (the worker ends it within seconds)."""
+    if job.status in TERMINAL_STATUSES:
+        raise Conflict(f"job {job.id} is already {job.status}")
+    now = utcnow()
+    cancelled_now = db.execute(
+        update(Job).where(Job.id == job.id, Job.status == "queued")
+        .values(status="cancelled", cancel_requested=True, finished_at=now),
+        execution_options={"synchronize_session": False},
+    ).rowcount
+    if cancelled_now:
+        add_event(db=db, job_id=job.id, kind="cancelled", data={"while": "queued"})
+    else:
+        db.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True),
+                   execution_options={"synchronize_session": False})
+        add_event(db=db, job_id=job.id, kind="cancel_requested", data={})
+    db.commit()
+    db.refresh(job)
+    return job
+
+
+def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, settings: Settings) -> tuple[Job, bool]:
+    """Create the job, then hand it to the broker once the row is committed.
+
+    A replay of a still-queued job sends its message again: a lost message is recovered that way,
+    and a duplicate is harmless because a worker must claim the job before running it.
+    """
+    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key)
+    if job.status == "queued":
+        try:
+            enqueue(job.id, settings=settings)
+        except Exception as exc:  # the job is stored; a retry with the same Idempotency-Key re-sends it
+            log.exception("could not enqueue job %s", job.id)
+            raise ServiceUnavailable(
+                f"job {job.id} is stored but the broker is unreachable ({type(exc).__name__}); "
+                "retry with the same Idempotency-Key", headers={"Retry-After": "5"},
+            ) from exc
+    return job, created

@@ -1,0 +1,141 @@
+"""The worker's side of a job: claim, heartbeat, progress, finish, release and reaping."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from app.db import utcnow
+from app.models import Artifact, Job
+from app.services.events import add_event
+from app.storage import StoredObject
+
+_NO_SYNC = {"synchronize_session": False}
+
+
+def claim_job(*, db: Session, job_id: str, owner: str) -> Job | None:
+    """Take a queued job with one conditional UPDATE; None when another worker has it (or it ended)."""
+    now = utcnow()
+    claimed = db.execute(
+        update(Job).where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
+        .values(status="running", attempt=Job.attempt + 1, lease_owner=owner, heartbeat_at=now,
+                started_at=now, error_code=None, error_message=None),
+        execution_options=_NO_SYNC,
+    ).rowcount
+    if not claimed:
+        db.rollback()
+        return None
+    job = db.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    add_event(db=db, job_id=job_id, kind="started", data={"attempt": job.attempt, "worker": owner})
+    db.commit()
+    return job
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    held: bool  # False once the job was reaped or finished by someone else
+    cancel_requested: bool
+
+
+def heartbeat(*, db: Session, job_id: str, owner: str) -> LeaseState:
+    """Refresh the lease and report whether the job should stop."""
+    updated = db.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(heartbeat_at=utcnow()),
+        execution_options=_NO_SYNC,
+    ).rowcount
+    cancel = bool(db.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+    db.commit()
+    return LeaseState(held=bool(updated), cancel_requested=cancel)
+
+
+def record_progress(
+    *, db: Session, job_id: str, owner: str, stage: str, progress: float,
+    metrics: dict[str, Any] | None, event_kind: str, event_data: dict[str, Any],
+) -> None:
+    """Write the job's progress and latest metrics and append one event."""
+    values: dict[str, Any] = {"stage": stage, "progress": progress, "heartbeat_at": utcnow()}
+    if metrics is not None:
+        values["metrics"] = metrics
+    held = db.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner).values(**values),
+                      execution_options=_NO_SYNC).rowcount
+    if held:
+        add_event(db=db, job_id=job_id, kind=event_kind, data=event_data)
+    db.commit()
+
+
+def finish_job(
+    *, db: Session, job_id: str, owner: str, status: str, error_code: str | None = None,
+    error_message: str | None = None, results: dict[str, Any] | None = None,
+    artifacts: list[tuple[str, StoredObject, str]] = (),  # type: ignore[assignment]
+) -> bool:
+    """End the job (succeeded/failed/cancelled) if this worker still holds it; store its artifacts."""
+    values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "lease_owner": None,
+                              "error_code": error_code, "error_message": error_message}
+    if status == "succeeded":
+        values.update(progress=1.0, results=results)
+    ended = db.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+                       .values(**values), execution_options=_NO_SYNC).rowcount
+    if not ended:
+        db.rollback()
+        return False
+    for name, stored, media_type in artifacts:
+        db.add(Artifact(job_id=job_id, name=name, path=stored.key, size=stored.size,
+                        sha256=stored.sha256, media_type=media_type))
+    data: dict[str, Any] = {"status": status}
+    if error_code:
+        data.update(code=error_code, message=error_message)
+    add_event(db=db, job_id=job_id, kind=status, data=data)
+    db.commit()
+    return True
+
+
+def release_job(*, db: Session, job_id: str, owner: str, reason: str) -> bool:
+    """Put a running job back in the queue (worker shutting down); its checkpoint makes it resume."""
+    released = db.execute(
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        .values(status="queued", lease_owner=None, enqueued_at=utcnow()),
+        execution_options=_NO_SYNC,
+    ).rowcount
+    if released:
+        add_event(db=db, job_id=job_id, kind="requeued", data={"reason": reason})
+    db.commit()
+    return bool(released)
+
+
+def reap_stale_jobs(*, db: Session, stale_after: timedelta, max_attempts: int) -> list[str]:
+    """Requeue running jobs whose heartbeat went stale, or fail them after ``max_attempts``.
+
+    Returns the ids that were put back in the queue (the caller enqueues them after this commit).
+    """
+    cutoff = utcnow() - stale_after
+    stale = list(db.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)))
+    requeued = []
+    for job in stale:
+        if job.attempt >= max_attempts:
+            values: dict[str, Any] = {"status": "failed", "lease_owner": None, "finished_at": utcnow(),
+                                      "error_code": "worker_lost",
+                                      "error_message": f"the worker stopped responding on each of {job.attempt} attempts"}
+            kind = "failed"
+        elif job.cancel_requested:
+            values = {"status": "cancelled", "lease_owner": None, "finished_at": utcnow()}
+            kind = "cancelled"
+        else:
+            values = {"status": "queued", "lease_owner": None, "enqueued_at": utcnow()}
+            kind = "requeued"
+        # Conditional on the stale owner, so a worker that revives in between keeps its job.
+        changed = db.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_owner,
+                                               Job.status == "running").values(**values),
+                             execution_options=_NO_SYNC).rowcount
+        if changed:
+            data = {"reason": "heartbeat_stale", "attempt": job.attempt}
+            if kind == "failed":
+                data.update(code="worker_lost", message=values["error_message"])
+            add_event(db=db, job_id=job.id, kind=kind, data=data)
+            if kind == "requeued":
+                requeued.append(job.id)
+    db.commit()
+    return requeued

@@ -1,0 +1,39 @@
+"""Find jobs whose worker died (stale heartbeat): requeue them to resume, or fail them."""
+
+import logging
+import threading
+from datetime import timedelta
+
+from app.config import Settings
+from app.db import session_scope
+from app.queue import enqueue
+from app.services.lifecycle import reap_stale_jobs
+
+log = logging.getLogger("distillery.reaper")
+
+
+def reap_once(settings: Settings) -> list[str]:
+    """Run one sweep; return the ids sent back to the queue."""
+    with session_scope(settings.resolved_database_url) as db:
+        requeued = reap_stale_jobs(db=db, stale_after=timedelta(seconds=settings.stale_after_seconds),
+                                   max_attempts=settings.max_attempts)
+    for job_id in requeued:
+        log.warning("job %s: heartbeat went stale, requeued to resume from its checkpoint", job_id)
+        enqueue(job_id, settings=settings)
+    return requeued
+
+
+def start_reaper_thread(settings: Settings) -> threading.Thread:
+    """Sweep every ``reap_interval_seconds`` in a daemon thread of the worker's main process."""
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(settings.reap_interval_seconds):
+            try:
+                reap_once(settings)
+            except Exception:  # a database or broker hiccup must not kill the sweeper
+                log.exception("reaper sweep failed; retrying next interval")
+
+    thread = threading.Thread(target=loop, name="distillery-reaper", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,179 @@
+"""``run_job(job_id)``: claim the job, train it through ``app.training`` with DB callbacks, finalise."""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from app.config import Settings, get_settings
+from app.db import session_scope
+from app.queue import RUN_JOB_TASK, enqueue
+from app.services.artifacts import store_outputs
+from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
+from app.training.loop import TrainCallbacks
+from worker.celery_app import celery_app
+
+log = logging.getLogger("distillery.worker")
+T = TypeVar("T")
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, attempts: int = 8, first_delay: float = 0.5) -> T:
+    """Retry a database write through a short outage (a restarting server), then give up."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception:
+            if attempt == attempts:
+                raise
+            log.warning("%s failed (attempt %d/%d); retrying in %.1fs", what, attempt, attempts, delay, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+class JobRunState:
+    """Flags shared by the heartbeat thread, the SIGTERM handler and the training loop."""
+
+    def __init__(self) -> None:
+        self.cancel_requested = threading.Event()
+        self.lease_lost = threading.Event()
+        self.shutting_down = threading.Event()
+        self.done = threading.Event()
+
+    def should_stop(self) -> bool:
+        return self.cancel_requested.is_set() or self.lease_lost.is_set() or self.shutting_down.is_set()
+
+
+def _heartbeat_loop(*, settings: Settings, job_id: str, owner: str, state: JobRunState) -> None:
+    while not state.done.wait(settings.heartbeat_seconds):
+        try:
+            with session_scope(settings.resolved_database_url) as db:
+                lease = heartbeat(db=db, job_id=job_id, owner=owner)
+        except Exception:
+            log.warning("heartbeat for job %s failed; will retry", job_id, exc_info=True)
+            continue
+        if lease.cancel_requested:
+            state.cancel_requested.set()
+        if not lease.held:
+            state.lease_lost.set()
+
+
+class DatabaseCallbacks(TrainCallbacks):
+    """Write stage starts and per-epoch progress/metrics to the job row and its events."""
+
+    def __init__(self, *, settings: Settings, job_id: str, owner: str, state: JobRunState):
+        self.settings, self.job_id, self.owner, self.state = settings, job_id, owner, state
+        self._progress = 0.0
+
+    def _record(self, **kwargs: Any) -> None:
+        def write() -> None:
+            with session_scope(self.settings.resolved_database_url) as db:
+                record_progress(db=db, job_id=self.job_id, owner=self.owner, **kwargs)
+
+        with_db_retry(write, what=f"progress write for job {self.job_id}")
+
+    def on_stage_start(self, *, stage: str, epochs: int) -> None:
+        self._record(stage=stage, progress=self._progress, metrics=None, event_kind="stage_started",
+                     event_data={"stage": stage, "epochs": epochs})
+
+    def on_epoch_end(self, *, stage: str, epoch: int, epochs: int, progress: float, metrics: dict[str, float],
+                     losses: dict[str, float], seconds: float) -> None:
+        self._progress = progress
+        latest = {"stage": stage, "epoch": epoch, "epochs": epochs, "metrics": metrics, "losses": losses}
+        self._record(stage=stage, progress=progress, metrics=latest, event_kind="epoch",
+                     event_data={**latest, "progress": round(progress, 4), "seconds": round(seconds, 4)})
+
+    def should_stop(self) -> bool:
+        return self.state.should_stop()
+
+
+def _install_sigterm_handler(state: JobRunState) -> Callable[[], None]:
+    """On SIGTERM stop at the next step and hand the job back (only possible on the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: stopping the running job at the next step and requeueing it")
+        state.shutting_down.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def execute_job(job_id: str, *, settings: Settings) -> str:
+    """Run one job to an end state (or back to the queue); return what happened."""
+    from app.training.loop import TrainingCancelled, TrainingError, train
+    from app.training.spec import JobSpec
+
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    db_url = settings.resolved_database_url
+    with session_scope(db_url) as db:
+        job = claim_job(db=db, job_id=job_id, owner=owner)
+    if job is None:
+        log.info("job %s is not claimable (taken, finished or cancelled); skipping this message", job_id)
+        return "skipped"
+    log.info("job %s claimed by %s (attempt %d)", job_id, owner, job.attempt)
+
+    def finish(status: str, **kwargs: Any) -> None:
+        def write() -> None:
+            with session_scope(db_url) as db:
+                finish_job(db=db, job_id=job_id, owner=owner, status=status, **kwargs)
+
+        with_db_retry(write, what=f"finishing job {job_id}")
+
+    state = JobRunState()
+    restore_signal = _install_sigterm_handler(state)
+    beat = threading.Thread(target=_heartbeat_loop, name=f"heartbeat-{job_id}", daemon=True,
+                            kwargs={"settings": settings, "job_id": job_id, "owner": owner, "state": state})
+    beat.start()
+    workdir = settings.work_dir / job_id
+    try:
+        spec = JobSpec.model_validate(job.spec)
+        callbacks = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
+        result = train(spec, workdir, callbacks=callbacks, job_id=job_id)
+        stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
+        finish("succeeded", results=result.results, artifacts=stored)
+        shutil.rmtree(workdir, ignore_errors=True)  # the checkpoint is no longer needed
+        return "succeeded"
+    except TrainingCancelled:
+        if state.shutting_down.is_set() and not state.cancel_requested.is_set():
+            with session_scope(db_url) as db:
+                released = release_job(db=db, job_id=job_id, owner=owner, reason="worker_shutdown")
+            if released:
+                enqueue(job_id, settings=settings)
+            return "requeued"
+        if state.lease_lost.is_set():
+            log.warning("job %s: lease lost (reaped by another worker); stopping", job_id)
+            return "lease_lost"
+        finish("cancelled")
+        return "cancelled"
+    except TrainingError as exc:
+        log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
+        finish("failed", error_code=exc.code, error_message=exc.message)
+        return "failed"
+    except MemoryError:
+        finish("failed", error_code="out_of_memory", error_message="the worker ran out of memory")
+        return "failed"
+    except Exception as exc:
+        # The traceback stays in the worker log; the caller gets a code and a one-line message.
+        log.exception("job %s crashed", job_id)
+        code = "out_of_memory" if "out of memory" in str(exc).lower() else "internal_error"
+        finish("failed", error_code=code, error_message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+        return "failed"
+    finally:
+        state.done.set()
+        restore_signal()
+
+
+@celery_app.task(name=RUN_JOB_TASK)
+def run_job(job_id: str) -> str:
+    """Celery entry point: refetch the job by id and run it."""
+    return execute_job(job_id, settings=get_settings())
