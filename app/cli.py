@@ -101,8 +101,20 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
 @cli.command()
 def worker(concurrency: Annotated[int, typer.Option("-c", help="processes; use one per GPU")] = 1,
            loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
-    """Run a Celery worker that trains queued jobs."""
-    os.execv(sys.executable, worker_argv(concurrency, loglevel))
+    """Run a Celery worker that trains queued jobs (SIGTERM hands its running job back to the queue)."""
+    proc = subprocess.Popen(worker_argv(concurrency, loglevel), start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        # The whole group hears it: the pool process releases its job at the next step and
+        # requeues it, the main process stops taking messages; `docker stop` signals us alone.
+        try:
+            os.killpg(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, forward)
+    raise typer.Exit(proc.wait())
 
 
 @cli.command()
@@ -120,6 +132,13 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
     console.print(f"database: {settings.resolved_database_url}\nbroker:   {settings.resolved_broker_url}")
     console.print(f"dev API key (also in {settings.data_dir / 'dev-api-key'}):", highlight=False)
     print(key, flush=True)
+
+    def exit_on_term(signum: int, _frame: object) -> None:
+        # uvicorn re-raises the signal it caught once it has shut down; turning it into SystemExit
+        # lets the worker below be stopped instead of orphaned.
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_on_term)
     try:
         uvicorn.run("app.main:app", host=host, port=port)
     finally:

@@ -108,6 +108,14 @@ def _install_sigterm_handler(state: JobRunState) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+def _worker_shutting_down() -> bool:
+    """True in a pool process forked after the worker began shutting down (it inherits the flags)."""
+    from celery.worker import state
+
+    # The flags hold an exit code once set (0 included), so "set" means "not None/False".
+    return any(flag is not None and flag is not False for flag in (state.should_stop, state.should_terminate))
+
+
 def execute_job(job_id: str, *, settings: Settings) -> str:
     """Run one job to an end state (or back to the queue); return what happened."""
     from app.training.loop import TrainingCancelled, TrainingError, train
@@ -115,6 +123,11 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
 
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     db_url = settings.resolved_database_url
+    if _worker_shutting_down():
+        # A worker in warm shutdown can still be handed a message; pass it on rather than claim.
+        log.info("job %s: worker is shutting down; sending the job back to the queue unclaimed", job_id)
+        enqueue(job_id, settings=settings)
+        return "deferred"
     with session_scope(db_url) as db:
         job = claim_job(db=db, job_id=job_id, owner=owner)
     if job is None:

@@ -1,0 +1,171 @@
+"""run_job against real databases: in-process for the logic, a real Celery worker for delivery and faults."""
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from app.auth import get_or_create_tenant
+from app.config import Settings
+from app.db import session_scope
+from app.models import Artifact, Job, JobEvent
+from app.queue import enqueue
+from app.services.jobs import create_job, request_cancel
+from app.storage import sha256_file
+from app.training.spec import JobSpec
+from tests.conftest import tiny_spec
+from tests.procs import env_for, running, wait_until, worker_argv
+from worker.tasks import execute_job
+
+
+def make_job(settings: Settings, spec: dict[str, Any], *, send: bool = False) -> str:
+    with session_scope(settings.resolved_database_url) as db:
+        tenant = get_or_create_tenant(db=db, name="acme")
+        job, _ = create_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec), idempotency_key=None)
+    if send:
+        enqueue(job.id, settings=settings)
+    return job.id
+
+
+def load(settings: Settings, job_id: str) -> Job:
+    with session_scope(settings.resolved_database_url) as db:
+        return db.get(Job, job_id)
+
+
+def events(settings: Settings, job_id: str) -> list[JobEvent]:
+    with session_scope(settings.resolved_database_url) as db:
+        return list(db.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.seq)))
+
+
+def test_job_runs_to_success_with_artifacts_and_events(settings: Settings) -> None:
+    job_id = make_job(settings, tiny_spec())
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    job = load(settings, job_id)
+    assert job.status == "succeeded" and job.progress == 1.0 and job.attempt == 1 and job.lease_owner is None
+    assert set(job.results["tasks"]) == {"digit", "parity", "large"}
+    for row in job.results["tasks"].values():
+        assert {"teacher", "student", "baseline"} <= set(row)
+    with session_scope(settings.resolved_database_url) as db:
+        arts = {a.name: a for a in db.scalars(select(Artifact).where(Artifact.job_id == job_id))}
+    assert {"results.json", "student.safetensors", "student.json", "metrics.csv"} <= set(arts)
+    for art in arts.values():
+        path = settings.resolved_artifact_dir / art.path
+        assert sha256_file(path) == art.sha256 and path.stat().st_size == art.size
+    assert json.loads((settings.resolved_artifact_dir / arts["results.json"].path).read_text()) == job.results
+    kinds = [e.kind for e in events(settings, job_id)]
+    assert kinds[:2] == ["queued", "started"] and kinds[-1] == "succeeded"
+    assert kinds.count("epoch") == 6  # teacher 2 + student 2 + baseline 2
+    seqs = [e.seq for e in events(settings, job_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert not (settings.work_dir / job_id).exists()  # checkpoint removed after success
+
+
+def test_second_delivery_does_not_run_the_job_again(settings: Settings) -> None:
+    job_id = make_job(settings, tiny_spec())
+    assert execute_job(job_id, settings=settings) == "succeeded"
+    assert execute_job(job_id, settings=settings) == "skipped"
+    assert load(settings, job_id).attempt == 1
+
+
+def test_cancel_while_running_ends_cancelled(settings: Settings) -> None:
+    spec = tiny_spec(training={"epochs": 200, "batch_size": 32, "lr": 0.003, "seed": 0})
+    job_id = make_job(settings, spec)
+    outcome: list[str] = []
+    runner = threading.Thread(target=lambda: outcome.append(execute_job(job_id, settings=settings)))
+    runner.start()
+    wait_until(lambda: load(settings, job_id).stage == "student", timeout=60, what="student stage")
+    asked = time.monotonic()
+    with session_scope(settings.resolved_database_url) as db:
+        request_cancel(db=db, job=db.get(Job, job_id))
+    runner.join(timeout=20)
+    assert outcome == ["cancelled"]
+    assert time.monotonic() - asked < 5  # the worker notices within a heartbeat or two
+    job = load(settings, job_id)
+    assert job.status == "cancelled" and job.finished_at is not None
+    kinds = [e.kind for e in events(settings, job_id)]
+    assert "cancel_requested" in kinds and kinds[-1] == "cancelled"
+
+
+def test_training_error_is_recorded_with_code(settings: Settings) -> None:
+    job_id = make_job(settings, tiny_spec(training={"epochs": 3, "batch_size": 64, "lr": 1e30, "seed": 0}))
+    assert execute_job(job_id, settings=settings) == "failed"
+    job = load(settings, job_id)
+    assert job.status == "failed" and job.error_code == "diverged"
+    assert "Traceback" not in (job.error_message or "")
+    assert events(settings, job_id)[-1].data["code"] == "diverged"
+
+
+def _long_spec() -> dict[str, Any]:
+    return tiny_spec(training={"epochs": 30, "batch_size": 128, "lr": 0.003, "seed": 0})
+
+
+@pytest.mark.slow
+def test_worker_process_runs_job_and_duplicate_message_is_ignored(settings: Settings, tmp_path: Path) -> None:
+    job_id = make_job(settings, tiny_spec(), send=True)
+    enqueue(job_id, settings=settings)  # a duplicate delivery of the same job
+    with running(worker_argv("dup"), env=env_for(settings), log=tmp_path / "worker.log") as worker:
+        wait_until(lambda: load(settings, job_id).status == "succeeded", timeout=90, what="job success")
+        wait_until(lambda: "not claimable" in worker.output(), timeout=30, what="second message skipped")
+    assert load(settings, job_id).attempt == 1
+
+
+@pytest.mark.slow
+def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_path: Path) -> None:
+    job_id = make_job(settings, _long_spec(), send=True)
+    env = env_for(settings)
+    with running(worker_argv("term1"), env=env, log=tmp_path / "w1.log") as worker:
+        wait_until(lambda: (load(settings, job_id).metrics or {}).get("stage") == "student"
+                   and load(settings, job_id).metrics["epoch"] >= 3, timeout=120, what="student epoch 3")
+        worker.signal_group(signal.SIGTERM)
+        wait_until(lambda: load(settings, job_id).status == "queued", timeout=10, what="job back in the queue")
+        worker.popen.wait(timeout=30)
+    requeued_at = [e for e in events(settings, job_id) if e.kind == "requeued"]
+    assert requeued_at and requeued_at[0].data["reason"] == "worker_shutdown"
+    with running(worker_argv("term2"), env=env, log=tmp_path / "w2.log"):
+        wait_until(lambda: load(settings, job_id).status == "succeeded", timeout=180, what="resumed job success")
+    job = load(settings, job_id)
+    assert job.attempt == 2
+    student_epochs = [e.data["epoch"] for e in events(settings, job_id) if e.kind == "epoch" and e.data["stage"] == "student"]
+    # resumed from the checkpoint: at most the interrupted epoch is repeated, nothing restarts at 1
+    assert student_epochs.count(1) == 1 and sorted(set(student_epochs)) == list(range(1, 31))
+    assert len(student_epochs) - 30 <= 1
+
+
+@pytest.mark.slow
+def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: Path) -> None:
+    job_id = make_job(settings, _long_spec(), send=True)
+    env = env_for(settings)
+    with running(worker_argv("kill1"), env=env, log=tmp_path / "k1.log") as worker:
+        wait_until(lambda: (load(settings, job_id).metrics or {}).get("stage") == "student"
+                   and load(settings, job_id).metrics["epoch"] >= 3, timeout=120, what="student epoch 3")
+        worker.signal_group(signal.SIGKILL)
+        worker.popen.wait(timeout=10)
+    assert load(settings, job_id).status == "running"  # nobody knows yet
+    with running(worker_argv("kill2"), env=env, log=tmp_path / "k2.log"):
+        wait_until(lambda: load(settings, job_id).status == "succeeded", timeout=180, what="reaped job success")
+    job = load(settings, job_id)
+    assert job.attempt == 2
+    kinds = [e.kind for e in events(settings, job_id)]
+    assert "requeued" in kinds and kinds[-1] == "succeeded"
+
+
+def test_reaper_fails_job_after_max_attempts(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from app.db import utcnow
+    from worker.reaper import reap_once
+
+    job_id = make_job(settings, tiny_spec())
+    with session_scope(settings.resolved_database_url) as db:
+        db.execute(update(Job).where(Job.id == job_id).values(
+            status="running", attempt=settings.max_attempts, lease_owner="gone:1:x",
+            heartbeat_at=utcnow() - timedelta(seconds=settings.stale_after_seconds + 5)))
+        db.commit()
+    assert reap_once(settings) == []
+    job = load(settings, job_id)
+    assert job.status == "failed" and job.error_code == "worker_lost"
