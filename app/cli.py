@@ -7,7 +7,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -210,12 +211,26 @@ def _print_results(results: dict[str, Any]) -> None:
         console.print(f"params: teacher {params.get('teacher')}, student {params.get('student')}")
 
 
-def _client(url: str, api_key: str):  # noqa: ANN202
-    from app.client import Client
+@contextmanager
+def _client(url: str, api_key: str) -> Iterator[Any]:
+    """Yield an API client; a problem+json answer or an unreachable server becomes a one-line error."""
+    import httpx
+
+    from app.client import ApiError, Client
 
     if not api_key:
         raise typer.BadParameter("no API key: pass --api-key or set DISTILLERY_API_KEY")
-    return Client(url, api_key)
+    try:
+        with Client(url, api_key) as client:
+            yield client
+    except ApiError as exc:
+        console.print(f"[red]{exc.status} {exc.code}[/red]: {exc.detail}", highlight=False)
+        for err in exc.problem.get("errors") or []:
+            console.print(f"  {err.get('field')}: {err.get('message')}", highlight=False)
+        raise typer.Exit(1) from exc
+    except httpx.TransportError as exc:
+        console.print(f"[red]cannot reach {url}[/red]: {exc}", highlight=False)
+        raise typer.Exit(1) from exc
 
 
 @cli.command()
@@ -223,16 +238,8 @@ def submit(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
            wait: Annotated[bool, typer.Option("--wait", help="follow progress until the job ends")] = False,
            url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Submit a job spec to the server."""
-    from app.client import ApiError
-
     with _client(url, api_key) as client:
-        try:
-            job = client.submit(_load_spec_file(spec_path))
-        except ApiError as exc:
-            console.print(f"[red]{exc.status} {exc.code}[/red]: {exc.detail}", highlight=False)
-            for err in exc.problem.get("errors") or []:
-                console.print(f"  {err.get('field')}: {err.get('message')}", highlight=False)
-            raise typer.Exit(1) from exc
+        job = client.submit(_load_spec_file(spec_path))
         console.print(f"job {job['id']} {job['status']}", highlight=False)
         if not wait:
             print(job["id"])

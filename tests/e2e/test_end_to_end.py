@@ -1,7 +1,9 @@
 """A new user's path over real HTTP: submit, poll, results, download — both deployments."""
 
 import hashlib
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -64,10 +66,33 @@ def test_embedded_distillery_up(tmp_path: Path) -> None:
         key = (data / "dev-api-key").read_text().strip()
         assert key in up.output()
         _walk_through(f"http://127.0.0.1:{port}", key, tmp_path / "download")
+        _cli_walk_through(f"http://127.0.0.1:{port}", key, tmp_path)
         workers = _pids_with(f"distillery-{up.popen.pid}@")
         assert workers, "`up` started no worker"
     assert (data / "distillery.db").exists()
     assert _pids_with(f"distillery-{up.popen.pid}@") == []  # `up` stopped its worker: no orphan
+
+
+def _cli_walk_through(url: str, key: str, tmp_path: Path) -> None:
+    """`distillery submit --wait`, `status`, `download`, and a refused `cancel` of an ended job."""
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_spec()))
+    env = {**os.environ, "DISTILLERY_URL": url, "DISTILLERY_API_KEY": key}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True,
+                              text=True, timeout=240, cwd=tmp_path)
+
+    submitted = cli("submit", str(spec), "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    assert "succeeded" in submitted.stdout and "teacher vs student vs baseline" in submitted.stdout
+    job_id = submitted.stdout.split("job ", 1)[1].split()[0]
+    assert json.loads(cli("status", job_id).stdout)["status"] == "succeeded"
+    downloaded = cli("download", job_id, "--out", str(tmp_path / "cli-download"))
+    assert downloaded.returncode == 0 and "sha256 ok" in downloaded.stdout
+    assert (tmp_path / "cli-download" / "student.safetensors").is_file()
+    refused = cli("cancel", job_id)
+    assert refused.returncode == 1 and "409 conflict" in refused.stdout
 
 
 def _pids_with(fragment: str) -> list[int]:
