@@ -1,0 +1,1 @@
+"""Distillery training engine: pure PyTorch + pydantic, nothing from the web or queue layers."""

@@ -1,0 +1,1 @@
+"""Datasets: the static catalog here is torch-free; loaders live in `registry` (torch)."""

@@ -1,0 +1,154 @@
+"""train(): artifacts and results.json contract, callbacks, resume, cancel, divergence."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from app.training.checkpoint import CHECKPOINT_NAME
+from app.training.loop import Result, TrainCallbacks, TrainingCancelled, TrainingError, train
+from app.training.spec import spec_sha256
+from tests.training.conftest import tiny_spec
+
+
+class Recorder(TrainCallbacks):
+    """Record the hooks; raise from on_epoch_end at (stage, epoch) to simulate a crash."""
+
+    def __init__(self, crash_at: tuple[str, int] | None = None) -> None:
+        self.crash_at = crash_at
+        self.stages: list[tuple[str, int]] = []
+        self.epochs: list[dict] = []
+
+    def on_stage_start(self, *, stage: str, epochs: int) -> None:
+        self.stages.append((stage, epochs))
+
+    def on_epoch_end(self, **event) -> None:
+        self.epochs.append(event)
+        if (event["stage"], event["epoch"]) == self.crash_at:
+            raise RuntimeError("worker died")
+
+
+def test_results_json_follows_the_contract(tiny_run: tuple[Result, Path]):
+    result, workdir = tiny_run
+    out = workdir / "artifacts"
+    assert sorted(path.name for path in result.artifacts) == [
+        "metrics.csv", "results.json", "student.json", "student.onnx", "student.safetensors"]
+    assert all(path.parent == out and path.is_file() for path in result.artifacts)
+    results = json.loads((out / "results.json").read_text())
+    assert results == result.results
+    assert results["job_id"] == "job-tiny"
+    assert results["spec_sha256"] == spec_sha256(tiny_spec())
+    assert list(results)[:6] == ["job_id", "spec_sha256", "tasks", "params", "stages", "timing"]
+    assert set(results["tasks"]) == {"digit", "parity", "large"}
+    for entry in results["tasks"].values():
+        assert entry["metric"] == "accuracy" and entry["higher_is_better"] is True
+        assert all(0.0 <= entry[model] <= 1.0 for model in ("teacher", "student", "baseline"))
+    assert results["tasks"]["digit"]["teacher"] > 0.5  # a 2-epoch teacher already learns
+    params = results["params"]
+    assert params["teacher"] == sum(params["teachers"].values()) and params["student"] > 0
+    assert [(s["name"], s["epochs"]) for s in results["stages"]] == [
+        ("teacher:digit-teacher", 2), ("teacher:aux-teacher", 2), ("student", 3), ("baseline", 3)]
+    assert results["timing"]["total_seconds"] >= sum(s["seconds"] for s in results["stages"])
+
+
+def test_metrics_csv_has_a_row_per_epoch_per_stage(tiny_run: tuple[Result, Path]):
+    _, workdir = tiny_run
+    with open(workdir / "artifacts" / "metrics.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["stage"], int(row["epoch"])) for row in rows] == [
+        ("teacher:digit-teacher", 1), ("teacher:digit-teacher", 2),
+        ("teacher:aux-teacher", 1), ("teacher:aux-teacher", 2),
+        ("student", 1), ("student", 2), ("student", 3),
+        ("baseline", 1), ("baseline", 2), ("baseline", 3)]
+    student = rows[4]
+    assert {"digit.accuracy", "large.accuracy", "loss.digit.soft", "loss.large.hard",
+            "loss.total"} <= {column for column, value in student.items() if value}
+    assert rows[0]["loss.digit.soft"] == ""  # teachers learn from hard labels only
+
+
+def test_callbacks_report_stages_and_progress(tmp_path: Path):
+    recorder = Recorder()
+    train(tiny_spec(), tmp_path, callbacks=recorder)
+    assert recorder.stages == [("teacher:digit-teacher", 2), ("teacher:aux-teacher", 2),
+                               ("student", 3), ("baseline", 3)]
+    progress = [event["progress"] for event in recorder.epochs]
+    assert progress == sorted(progress) and progress[0] == pytest.approx(1 / 10) and progress[-1] == 1.0
+    student = next(event for event in recorder.epochs if event["stage"] == "student")
+    assert set(student["metrics"]) == {"digit", "parity", "large"}
+    assert {"digit.hard", "digit.soft", "total"} <= set(student["losses"])
+
+
+def test_same_seed_same_results(tiny_run: tuple[Result, Path], tmp_path: Path):
+    result, _ = tiny_run
+    assert train(tiny_spec(), tmp_path).results["tasks"] == result.results["tasks"]
+
+
+@pytest.mark.parametrize("crash_at", [("teacher:aux-teacher", 1), ("student", 2)])
+def test_resume_after_a_crash_matches_an_uninterrupted_run(
+        tiny_run: tuple[Result, Path], tmp_path: Path, crash_at: tuple[str, int]):
+    uninterrupted, reference = tiny_run
+    with pytest.raises(RuntimeError, match="worker died"):
+        train(tiny_spec(), tmp_path, callbacks=Recorder(crash_at=crash_at), job_id="job-tiny")
+    assert (tmp_path / CHECKPOINT_NAME).exists()
+
+    recorder = Recorder()
+    resumed = train(tiny_spec(), tmp_path, callbacks=recorder, job_id="job-tiny")
+    assert recorder.stages[0][0] == crash_at[0]  # finished stages are skipped
+    assert (recorder.epochs[0]["stage"], recorder.epochs[0]["epoch"]) == (crash_at[0], crash_at[1] + 1)
+    assert resumed.results["tasks"] == uninterrupted.results["tasks"]
+    got = load_file(tmp_path / "artifacts" / "student.safetensors")
+    want = load_file(reference / "artifacts" / "student.safetensors")
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+    def rows(workdir: Path) -> list[dict]:
+        with open(workdir / "artifacts" / "metrics.csv", newline="") as handle:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(handle)]
+
+    assert rows(tmp_path) == rows(reference)
+
+
+def test_should_stop_cancels_between_steps(tmp_path: Path):
+    class StopSoon(TrainCallbacks):
+        calls = 0
+
+        def should_stop(self) -> bool:
+            self.calls += 1
+            return self.calls > 3
+
+    with pytest.raises(TrainingCancelled):
+        train(tiny_spec(), tmp_path, callbacks=StopSoon())
+    assert not (tmp_path / "artifacts" / "results.json").exists()
+
+
+def test_divergence_fails_with_a_code_and_keeps_the_last_good_checkpoint(tmp_path: Path):
+    spec = tiny_spec(training={"lr": 1e30})  # the teachers keep their sane learning rate
+    with pytest.raises(TrainingError) as caught:
+        train(spec, tmp_path)
+    assert caught.value.code == "diverged"
+    assert "student" in caught.value.message and "Traceback" not in caught.value.message
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert set(state["finished"]) == {"teacher:digit-teacher", "teacher:aux-teacher"}
+    assert state["current"] is None
+    assert all(torch.isfinite(t).all() for stage in state["finished"].values()
+               for t in stage["model"].values())
+
+
+def test_another_spec_in_the_same_workdir_starts_afresh(tiny_run: tuple[Result, Path], tmp_path: Path):
+    with pytest.raises(RuntimeError):
+        train(tiny_spec(training={"seed": 7}), tmp_path, callbacks=Recorder(crash_at=("student", 1)))
+    recorder = Recorder()
+    result = train(tiny_spec(), tmp_path, callbacks=recorder)
+    assert recorder.stages[0][0] == "teacher:digit-teacher"
+    assert result.results["tasks"] == tiny_run[0].results["tasks"]
+
+
+def test_unavailable_cuda_is_a_training_error(tmp_path: Path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(TrainingError) as caught:
+        train(tiny_spec(training={"device": "cuda"}), tmp_path)
+    assert caught.value.code == "device_unavailable"
