@@ -7,6 +7,7 @@ import secrets
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from app.db import utcnow
 from app.models import ApiKey, Tenant
 
 KEY_PREFIX = "dk_"
@@ -25,11 +26,13 @@ def get_or_create_tenant(*, db: Session, name: str) -> Tenant:
     return tenant
 
 
-def create_api_key(*, db: Session, tenant_name: str, key_name: str = "default") -> tuple[ApiKey, str]:
+def create_api_key(*, db: Session, tenant_name: str, key_name: str = "default",
+                   is_admin: bool = False) -> tuple[ApiKey, str]:
     """Create a key for a new or existing tenant; return the row and the plain key (shown once)."""
     tenant = get_or_create_tenant(db=db, name=tenant_name)
     plain = KEY_PREFIX + secrets.token_urlsafe(32)
-    row = ApiKey(tenant_id=tenant.id, name=key_name, key_sha256=hash_key(plain), prefix=plain[:10])
+    row = ApiKey(tenant_id=tenant.id, name=key_name, key_sha256=hash_key(plain), prefix=plain[:10],
+                 is_admin=is_admin)
     db.add(row)
     db.commit()
     return row, plain
@@ -48,11 +51,35 @@ def register_api_key(*, db: Session, tenant_name: str, plain_key: str, key_name:
     return row
 
 
-def authenticate(*, db: Session, plain_key: str) -> Tenant | None:
-    """Return the tenant of an active key, or None."""
+def authenticate_key(*, db: Session, plain_key: str) -> ApiKey | None:
+    """Return the active key row (with its tenant), or None."""
     digest = hash_key(plain_key)
     row = db.scalar(select(ApiKey).where(ApiKey.key_sha256 == digest, ApiKey.revoked_at.is_(None)))
     # The lookup is by hash; the constant-time compare keeps the final check free of timing leaks.
     if row is None or not hmac.compare_digest(row.key_sha256, digest):
         return None
-    return row.tenant
+    return row
+
+
+def authenticate(*, db: Session, plain_key: str) -> Tenant | None:
+    """Return the tenant of an active key, or None."""
+    row = authenticate_key(db=db, plain_key=plain_key)
+    return None if row is None else row.tenant
+
+
+def list_api_keys(*, db: Session, tenant_name: str | None = None) -> list[ApiKey]:
+    query = select(ApiKey).join(Tenant).order_by(ApiKey.created_at)
+    if tenant_name is not None:
+        query = query.where(Tenant.name == tenant_name)
+    return list(db.scalars(query))
+
+
+def revoke_api_key(*, db: Session, key_id: str) -> ApiKey | None:
+    """Mark a key revoked (it stops working at once); None if there is no such key."""
+    row = db.get(ApiKey, key_id)
+    if row is None:
+        return None
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        db.commit()
+    return row

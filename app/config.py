@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     visibility_timeout_seconds: int = Field(default=7 * 24 * 3600, ge=1)
     max_jobs_listed: int = Field(default=100, ge=1)
     dev_api_key: str | None = None  # `distillery up` writes one to data_dir/dev-api-key when unset
+    # A queued job whose message may have been lost (broker restarted without persistence) is
+    # sent again after this long; a duplicate is harmless since a job must be claimed to run.
+    resend_queued_after_seconds: float = Field(default=600.0, gt=0)
+    max_active_jobs_per_tenant: int = Field(default=20, ge=1)  # queued + running
+    max_storage_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=0)  # artifacts kept
+    rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
+    rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes
+    cors_origins: list[str] = []  # CORS stays off unless origins are listed
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":
@@ -40,6 +48,8 @@ class Settings(BaseSettings):
             problems.append("DISTILLERY_BROKER_URL must name a real broker (not the filesystem transport)")
         if self.dev_api_key:
             problems.append("DISTILLERY_DEV_API_KEY must not be set in production")
+        if "*" in self.cors_origins:
+            problems.append("DISTILLERY_CORS_ORIGINS must list origins, not '*'")
         if problems:
             raise ValueError("unsafe settings for production: " + "; ".join(problems))
         return self

@@ -34,6 +34,18 @@ class Unauthorized(AppError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 
 
+class Forbidden(AppError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class TooManyActiveJobs(AppError):
+    status, code, title = 429, "too_many_active_jobs", "Too many active jobs"
+
+
+class QuotaExceeded(AppError):
+    status, code, title = 409, "storage_quota_exceeded", "Storage quota exceeded"
+
+
 class Conflict(AppError):
     status, code, title = 409, "conflict", "Conflict"
 

@@ -2,7 +2,10 @@
 
 from fastapi import FastAPI
 
-from app.api.routes import artifacts, health, jobs
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api.routes import artifacts, health, jobs, keys
+from app.config import get_settings
 from app.errors import install_error_handlers
 
 DESCRIPTION = """Distillery trains one small multi-task student from your teachers.
@@ -16,9 +19,14 @@ def create_app() -> FastAPI:
     """Build the API: routers and problem+json error handlers."""
     app = FastAPI(title="Distillery", version="0.1.0", description=DESCRIPTION)
     install_error_handlers(app)
+    origins = get_settings().cors_origins
+    if origins:  # off unless configured
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range"])
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(keys.router)
     return app
 
 

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, false as sa_false, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -26,6 +26,9 @@ class Tenant(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ten"))
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Per-tenant caps; None means the server-wide default from Settings.
+    max_active_jobs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     api_keys: Mapped[list["ApiKey"]] = relationship(back_populates="tenant")
 
@@ -38,6 +41,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200))
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)  # never the key itself
     prefix: Mapped[str] = mapped_column(String(16))  # first characters, to tell keys apart
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=sa_false())  # manages keys
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
@@ -71,8 +75,10 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
-    events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.seq")
-    artifacts: Mapped[list["Artifact"]] = relationship(back_populates="job", order_by="Artifact.name")
+    events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.seq",
+                                                    cascade="all, delete-orphan", passive_deletes=True)
+    artifacts: Mapped[list["Artifact"]] = relationship(back_populates="job", order_by="Artifact.name",
+                                                       cascade="all, delete-orphan", passive_deletes=True)
 
 
 class JobEvent(Base):

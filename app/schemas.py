@@ -87,3 +87,30 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(min_length=1, max_length=200, description="tenant name; created if new")
+    name: str = Field(default="default", min_length=1, max_length=200, description="a label for the key")
+    admin: bool = Field(default=False, description="may manage keys")
+
+
+class KeyOut(BaseModel):
+    id: str
+    tenant: str
+    name: str
+    prefix: str
+    admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_key(cls, key: Any) -> "KeyOut":
+        return cls(id=key.id, tenant=key.tenant.name, name=key.name, prefix=key.prefix, admin=key.is_admin,
+                   created_at=key.created_at, revoked_at=key.revoked_at)
+
+
+class KeyCreated(KeyOut):
+    key: str = Field(description="the API key itself; shown only in this response")

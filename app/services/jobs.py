@@ -5,15 +5,16 @@ import json
 import logging
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
 from app.config import Settings
-from app.errors import Conflict, InvalidRequest, NotFound, ServiceUnavailable
-from app.models import TERMINAL_STATUSES, Job, Tenant
+from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
+from app.models import TERMINAL_STATUSES, Artifact, Job, Tenant
 from app.queue import enqueue
+from app.storage import get_store
 from app.services.events import add_event
 from app.training.spec import JobSpec, spec_sha256
 
@@ -24,7 +25,8 @@ def _request_sha(stored_spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(stored_spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None,
+               limits: Settings | None = None) -> tuple[Job, bool]:
     """Store a queued job (defaults filled in) and commit; return it and whether it is new.
 
     With an ``idempotency_key``, a repeat of the same body returns the first job; a different
@@ -36,6 +38,8 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
         existing = _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key)
         if existing is not None:
             return _same_request_or_conflict(existing, digest), False
+    if limits is not None:
+        _enforce_caps(db=db, tenant=tenant, limits=limits)
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
               idempotency_key=idempotency_key, status="queued", enqueued_at=utcnow())
     db.add(job)
@@ -50,6 +54,35 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     add_event(db=db, job_id=job.id, kind="queued", data={"spec_sha256": digest})
     db.commit()
     return job, True
+
+
+def tenant_usage(*, db: Session, tenant: Tenant) -> tuple[int, int]:
+    """Return (active jobs, artifact bytes kept) for the tenant."""
+    active = db.scalar(select(func.count()).select_from(Job).where(
+        Job.tenant_id == tenant.id, Job.status.in_(("queued", "running"))))
+    stored = db.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).join(Job).where(Job.tenant_id == tenant.id))
+    return int(active or 0), int(stored or 0)
+
+
+def _enforce_caps(*, db: Session, tenant: Tenant, limits: Settings) -> None:
+    active, stored = tenant_usage(db=db, tenant=tenant)
+    max_active = tenant.max_active_jobs or limits.max_active_jobs_per_tenant
+    if active >= max_active:
+        raise TooManyActiveJobs(f"{active} jobs are queued or running, the cap for this tenant is {max_active}; "
+                                "wait for one to finish or cancel one", headers={"Retry-After": "30"})
+    max_bytes = tenant.max_storage_bytes if tenant.max_storage_bytes is not None else limits.max_storage_bytes_per_tenant
+    if stored >= max_bytes:
+        raise QuotaExceeded(f"artifacts use {stored} bytes, the quota for this tenant is {max_bytes}; "
+                            "delete finished jobs (DELETE /v1/jobs/{id}) to make room")
+
+
+def delete_job(*, db: Session, job: Job, settings: Settings) -> None:
+    """Delete an ended job with its events and artifacts (files too)."""
+    if job.status not in TERMINAL_STATUSES:
+        raise Conflict(f"job {job.id} is {job.status}; cancel it first")
+    db.delete(job)
+    db.commit()
+    get_store(settings.resolved_artifact_dir).delete_job(job.id)
 
 
 def _find_by_idempotency_key(*, db: Session, tenant: Tenant, key: str) -> Job | None:
@@ -117,7 +150,7 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     A replay of a still-queued job sends its message again: a lost message is recovered that way,
     and a duplicate is harmless because a worker must claim the job before running it.
     """
-    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key)
+    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings)
     if job.status == "queued":
         try:
             enqueue(job.id, settings=settings)

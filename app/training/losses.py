@@ -1,7 +1,12 @@
 """Hard and soft (knowledge-distillation) losses per task kind; each returns a scalar tensor.
 
-Logits are (batch, out): out = num_classes for multiclass, 1 for binary. Targets are int64 class
-ids (batch,) for multiclass and float 0/1 (batch,) for binary.
+Shapes per kind (logits from the task's head, targets from the dataset):
+    multiclass  logits (batch, num_classes), target int64 class ids (batch,)
+    binary      logits (batch, 1),           target float 0/1 (batch,)
+    multilabel  logits (batch, num_labels),  target float 0/1 (batch, num_labels)
+    regression  logits (batch, 1),           target float (batch,), standardised with the
+                train split's mean and std (see target_scaling.py), as are teacher predictions
+Binary and multilabel losses average over every element (rows x labels), like the hard BCE.
 """
 
 from collections.abc import Callable
@@ -20,6 +25,16 @@ def binary_hard_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     return F.binary_cross_entropy_with_logits(logits[:, 0], target)
 
 
+def multilabel_hard_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with logits per label, mean over rows and labels."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+def regression_hard_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error against standardised targets."""
+    return F.mse_loss(prediction[:, 0], target)
+
+
 def multiclass_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
                          temperature: float) -> torch.Tensor:
     """KL(teacher_T || student_T) summed over classes, mean over the batch, times T^2."""
@@ -28,18 +43,29 @@ def multiclass_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
     return F.kl_div(log_p_student, p_teacher, reduction="batchmean") * temperature**2
 
 
-def binary_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
-                     temperature: float) -> torch.Tensor:
-    """BCE between sigmoid(student/T) and sigmoid(teacher/T), mean over the batch, times T^2."""
-    soft_target = torch.sigmoid(teacher[:, 0] / temperature)  # (batch,)
-    return F.binary_cross_entropy_with_logits(student[:, 0] / temperature, soft_target) * temperature**2
+def sigmoid_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
+                      temperature: float) -> torch.Tensor:
+    """BCE between sigmoid(student/T) and sigmoid(teacher/T), mean over elements, times T^2."""
+    soft_target = torch.sigmoid(teacher / temperature)  # (batch, 1 or labels)
+    return F.binary_cross_entropy_with_logits(student / temperature, soft_target) * temperature**2
+
+
+def regression_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
+                         temperature: float) -> torch.Tensor:
+    """MSE to the teacher's (standardised) prediction; a regression output has no temperature."""
+    del temperature  # accepted for the common signature; scaling a prediction by T means nothing
+    return F.mse_loss(student, teacher)
 
 
 HARD_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "multiclass": multiclass_hard_loss,
     "binary": binary_hard_loss,
+    "multilabel": multilabel_hard_loss,
+    "regression": regression_hard_loss,
 }
 SOFT_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "multiclass": multiclass_soft_loss,
-    "binary": binary_soft_loss,
+    "binary": sigmoid_soft_loss,
+    "multilabel": sigmoid_soft_loss,
+    "regression": regression_soft_loss,
 }

@@ -5,8 +5,8 @@ so a stored spec reproduces its job. Cross-field checks run as field validators 
 fields declared before them (`info.data`), so an error's `loc` names the top-level field and its
 message names the exact path, e.g. ``teachers[1].tasks: unknown task 'foo'``.
 
-Only what the engine implements validates; values planned for later (other task kinds,
-strategies, teacher sources, file datasets) are rejected with a message saying what is supported.
+Only what the engine implements validates; values planned for later (other task kinds, file
+datasets) are rejected with a message saying what is supported.
 """
 
 import copy
@@ -34,6 +34,19 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 }
 STRATEGIES: dict[str, str] = {
     "task_kd": "per-task soft labels from the teachers at temperature T, mixed with hard labels by alpha",
+    "feature_kd": "trunk features matched to each teacher's through a learned adaptor (normalised MSE)",
+    "cascaded": "stage 1 distils the trunk by features, stage 2 trains the whole student with task_kd",
+    "transfer": "teachers from a source domain; student on the target with label_fraction of labels",
+}
+StrategyName = Literal["task_kd", "feature_kd", "cascaded", "transfer"]
+# The loss terms each preset adds to the per-task hard loss ("feature" = feature distillation).
+PRESET_TERMS: dict[str, list[str]] = {
+    "task_kd": ["soft"], "feature_kd": ["feature"], "cascaded": ["soft"], "transfer": ["soft"]}
+TEACHER_SOURCES: dict[str, str] = {
+    "train": "zoo architecture trained inside the job (on the job's dataset or another built-in)",
+    "weights": "safetensors file of a zoo architecture",
+    "onnx": "ONNX model run with onnxruntime; outputs named after tasks or one concatenated output",
+    "outputs": "NPZ of precomputed logits per task (and optional features) aligned with the rows",
 }
 WEIGHTING_METHODS: dict[str, str] = {
     "equal": "every task loss has weight 1",
@@ -46,6 +59,8 @@ Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
 Width = Annotated[int, Field(ge=1, le=16384)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# A file reference: a local path now; the uploads API maps its file ids through the same resolver.
+FileRef = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class _Strict(BaseModel):
@@ -65,10 +80,14 @@ class DatasetSpec(_Strict):
     @field_validator("builtin")
     @classmethod
     def _known_builtin(cls, name: str) -> str:
-        if name not in BUILTIN_DATASETS:
-            known = ", ".join(sorted(BUILTIN_DATASETS))
-            raise _error("unknown_dataset", f"unknown built-in dataset '{name}'; known: {known}")
-        return name
+        return _known_dataset(name)
+
+
+def _known_dataset(name: str) -> str:
+    if name not in BUILTIN_DATASETS:
+        known = ", ".join(sorted(BUILTIN_DATASETS))
+        raise _error("unknown_dataset", f"unknown built-in dataset '{name}'; known: {known}")
+    return name
 
 
 class TaskSpec(_Strict):
@@ -77,6 +96,7 @@ class TaskSpec(_Strict):
     name: Name
     kind: TaskKind
     num_classes: int | None = Field(default=None, ge=1, le=100000)
+    distill: bool = True  # False: hard labels only, no teacher needed and no soft term
 
     @field_validator("kind")
     @classmethod
@@ -117,19 +137,74 @@ class ArchSpec(_Strict):
 
 
 class TrainSourceSpec(_Strict):
-    """Train the teacher inside the job on the job's dataset."""
+    """Train the teacher inside the job on the job's dataset or on another built-in one."""
 
     arch: ArchSpec
     epochs: int = Field(default=30, ge=1, le=10000)
     lr: PositiveFloat = 2e-3
     batch_size: int = Field(default=128, ge=1, le=65536)
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    dataset: str | None = None  # source domain: a built-in dataset offering the same tasks
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_source(cls, name: str | None) -> str | None:
+        return None if name is None else _known_dataset(name)
+
+
+class WeightsSourceSpec(_Strict):
+    """A zoo architecture loaded from a safetensors file (its state_dict)."""
+
+    file: FileRef
+    arch: ArchSpec
+
+
+class OnnxSourceSpec(_Strict):
+    """An ONNX model run with onnxruntime on the job's inputs (its first input)."""
+
+    file: FileRef
+    # "by_task": one output per task, named after it; "concatenated": the first output holds
+    # every task's logits side by side in the teacher's task order.
+    outputs: Literal["by_task", "concatenated"] = "by_task"
+    features: str | None = None  # name of an output with trunk features (batch, width)
+
+
+class OutputsSourceSpec(_Strict):
+    """Precomputed teacher outputs: NPZ with `train.<task>`/`test.<task>` logits (rows aligned)."""
+
+    file: FileRef
+    features: bool = False  # True: the NPZ also holds `train.features` and `test.features`
 
 
 class TeacherSourceSpec(_Strict):
-    """Where a teacher comes from; only `train` exists so far (weights/onnx/outputs come later)."""
+    """Where a teacher comes from: exactly one of train, weights, onnx, outputs."""
 
-    train: TrainSourceSpec
+    train: TrainSourceSpec | None = None
+    weights: WeightsSourceSpec | None = None
+    onnx: OnnxSourceSpec | None = None
+    outputs: OutputsSourceSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TeacherSourceSpec":
+        given = [name for name in TEACHER_SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise _error("teacher_source", "give exactly one teacher source of "
+                         f"{', '.join(TEACHER_SOURCES)} (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Return which source this is: train, weights, onnx or outputs."""
+        return next(name for name in TEACHER_SOURCES if getattr(self, name) is not None)
+
+    @property
+    def exposes_features(self) -> bool:
+        """Return whether this teacher provides trunk features for feature distillation."""
+        if self.onnx is not None:
+            return self.onnx.features is not None
+        if self.outputs is not None:
+            return self.outputs.features
+        return True  # zoo models tap their trunk
 
 
 class TeacherSpec(_Strict):
@@ -148,12 +223,46 @@ class TaskKDOverride(_Strict):
 
 
 class DistillationSpec(_Strict):
-    """How the student learns from the teachers; total per task = alpha*soft + (1-alpha)*hard."""
+    """How the student learns from the teachers; total per task = alpha*soft + (1-alpha)*hard.
 
-    strategy: Literal["task_kd"] = "task_kd"
+    `terms` defaults to the strategy's preset and can combine them, e.g. ["soft", "feature"].
+    """
+
+    strategy: StrategyName = "task_kd"
+    terms: list[Literal["soft", "feature"]] | None = Field(default=None, min_length=1)
     temperature: PositiveFloat = 4.0
     alpha: UnitFloat = 0.5
     per_task: dict[str, TaskKDOverride] = Field(default_factory=dict)
+    feature_weight: PositiveFloat = 1.0  # weight of each teacher's feature term
+    trunk_epochs: int | None = Field(default=None, ge=1, le=10000)  # cascaded stage 1
+    label_fraction: UnitFloat = 1.0  # share of training rows whose labels the student sees
+    online: bool = False  # run the teachers every step (for augmentation) instead of the cache
+
+    @model_validator(mode="after")
+    def _preset_defaults(self) -> "DistillationSpec":
+        if self.terms is None:
+            self.terms = list(PRESET_TERMS[self.strategy])
+        if len(set(self.terms)) != len(self.terms):
+            raise _error("duplicate_term", "terms: a loss term is listed twice")
+        if self.strategy == "cascaded":
+            self.trunk_epochs = self.trunk_epochs or 10
+        elif self.trunk_epochs is not None:
+            raise _error("unexpected_trunk_epochs", "trunk_epochs is only used by 'cascaded'")
+        return self
+
+
+class TransferSetSpec(_Strict):
+    """Unlabelled extra inputs the teachers label: generated by the dataset, or an NPZ `x` file."""
+
+    generate: int | None = Field(default=None, ge=1, le=10_000_000)
+    file: FileRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TransferSetSpec":
+        if (self.generate is None) == (self.file is None):
+            raise _error("transfer_source", "give exactly one of 'generate' (a number of new "
+                         "samples) or 'file' (an NPZ with an array 'x')")
+        return self
 
 
 class WeightingSpec(_Strict):
@@ -180,6 +289,7 @@ class TrainingSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
 
 
 class JobSpec(_Strict):
@@ -196,6 +306,7 @@ class JobSpec(_Strict):
     baseline: bool = True
     export: list[Literal["safetensors", "onnx"]] = Field(
         default_factory=lambda: list(EXPORT_FORMATS), max_length=len(EXPORT_FORMATS))
+    transfer_set: TransferSetSpec | None = None
 
     @field_validator("tasks")
     @classmethod
@@ -242,10 +353,16 @@ class JobSpec(_Strict):
                     raise _error("unknown_task", f"teachers[{index}].tasks: unknown task '{name}' "
                                                  f"(tasks: {', '.join(known)})")
         covered = {name for teacher in teachers for name in teacher.tasks}
-        uncovered = [name for name in known if name not in covered]
+        uncovered = [task.name for task in tasks if task.distill and task.name not in covered]
         if uncovered:
             raise _error("uncovered_task",
-                         f"teachers: task(s) {', '.join(uncovered)} not covered by any teacher")
+                         f"teachers: task(s) {', '.join(uncovered)} not covered by any teacher; "
+                         "cover them or mark them hard-label only with \"distill\": false")
+        dataset = info.data.get("dataset")
+        for index, teacher in enumerate(teachers):
+            source = teacher.source.train
+            if dataset is not None and source is not None and source.dataset is not None:
+                _check_source_domain(source.dataset, dataset.builtin, teacher, tasks, index)
         return teachers
 
     @field_validator("distillation")
@@ -255,11 +372,74 @@ class JobSpec(_Strict):
         _check_task_keys(distillation.per_task, info, "distillation.per_task")
         return distillation
 
+    @field_validator("distillation")
+    @classmethod
+    def _strategy_fits_teachers(cls, distillation: DistillationSpec,
+                                info: ValidationInfo) -> DistillationSpec:
+        teachers = info.data.get("teachers")
+        if teachers is None:
+            return distillation
+        if "feature" in (distillation.terms or []) or distillation.strategy == "cascaded":
+            for index, teacher in enumerate(teachers):
+                if not teacher.source.exposes_features:
+                    raise _error("teacher_without_features", (
+                        f"distillation: feature distillation needs features from every teacher; "
+                        f"teachers[{index}].source.{teacher.source.kind} has none (set its "
+                        "'features')"))
+        if distillation.strategy == "transfer" and not any(
+                teacher.source.kind != "train" or teacher.source.train.dataset is not None
+                for teacher in teachers):
+            raise _error("transfer_without_source", (
+                "distillation.strategy: 'transfer' needs a source-domain teacher: set "
+                "teachers[i].source.train.dataset to another built-in dataset, or give weights, "
+                "onnx or outputs trained elsewhere"))
+        if distillation.online:
+            for index, teacher in enumerate(teachers):
+                if teacher.source.kind == "outputs":
+                    raise _error("online_needs_model", (
+                        f"distillation.online: teachers[{index}] gives precomputed outputs, "
+                        "which cannot run on augmented inputs"))
+        return distillation
+
     @field_validator("weighting")
     @classmethod
     def _weights_name_tasks(cls, weighting: WeightingSpec, info: ValidationInfo) -> WeightingSpec:
         _check_task_keys(weighting.weights or {}, info, "weighting.weights")
         return weighting
+
+    @field_validator("baseline")
+    @classmethod
+    def _baseline_has_labels(cls, baseline: bool, info: ValidationInfo) -> bool:
+        distillation = info.data.get("distillation")
+        if baseline and distillation is not None and distillation.label_fraction == 0:
+            raise _error("baseline_without_labels", (
+                "baseline: with distillation.label_fraction 0 the no-KD baseline has no labels "
+                "to learn from; set baseline to false"))
+        return baseline
+
+    @field_validator("transfer_set")
+    @classmethod
+    def _transfer_set_is_labelled(cls, transfer_set: TransferSetSpec | None,
+                                  info: ValidationInfo) -> TransferSetSpec | None:
+        if transfer_set is None:
+            return None
+        dataset, teachers = info.data.get("dataset"), info.data.get("teachers") or []
+        if transfer_set.generate is not None and dataset is not None and not BUILTIN_DATASETS[
+                dataset.builtin].get("transfer_generator"):
+            generating = sorted(name for name, meta in BUILTIN_DATASETS.items()
+                                if meta.get("transfer_generator"))
+            raise _error("no_generator", (
+                f"transfer_set.generate: dataset '{dataset.builtin}' cannot generate new samples "
+                f"(datasets that can: {', '.join(generating) or 'none'}); give a 'file' instead"))
+        for index, teacher in enumerate(teachers):
+            if teacher.source.kind == "outputs":
+                raise _error("outputs_cannot_label", (
+                    f"transfer_set: teachers[{index}] gives precomputed outputs for the dataset's "
+                    "rows only and cannot label a transfer set"))
+        tasks = info.data.get("tasks") or []
+        if any(not task.distill for task in tasks) and all(not t.distill for t in tasks):
+            raise _error("nothing_to_distill", "transfer_set: every task is hard-label only")
+        return transfer_set
 
     @field_validator("export")
     @classmethod
@@ -278,6 +458,25 @@ class JobSpec(_Strict):
         temperature = override.temperature or self.distillation.temperature
         alpha = self.distillation.alpha if override.alpha is None else override.alpha
         return temperature, alpha
+
+
+def _check_source_domain(source: str, target: str, teacher: "TeacherSpec",
+                         tasks: list[TaskSpec], index: int) -> None:
+    """Check that a source-domain dataset offers the teacher's tasks and the target's inputs."""
+    path = f"teachers[{index}].source.train.dataset"
+    meta, target_meta = BUILTIN_DATASETS[source], BUILTIN_DATASETS[target]
+    if meta["input_shape"] != target_meta["input_shape"]:
+        raise _error("source_shape_mismatch", (
+            f"{path}: '{source}' has inputs {meta['input_shape']}, the job's dataset "
+            f"'{target}' has {target_meta['input_shape']}"))
+    for name in teacher.tasks:
+        task = next(task for task in tasks if task.name == name)
+        offered = meta["tasks"].get(name)
+        if offered is None or (offered["kind"], offered.get("num_classes")) != (
+                task.kind, task.num_classes):
+            raise _error("source_task_mismatch", (
+                f"{path}: '{source}' offers no task '{name}' with {describe_task(task.model_dump())}"
+                f" outputs (available: {', '.join(meta['tasks'])})"))
 
 
 def _check_task_keys(mapping: dict[str, Any], info: ValidationInfo, path: str) -> None:
@@ -304,6 +503,6 @@ def catalog() -> dict[str, Any]:
         "strategies": STRATEGIES,
         "weighting_methods": WEIGHTING_METHODS,
         "task_kinds": list(SUPPORTED_TASK_KINDS),
-        "teacher_sources": ["train"],
+        "teacher_sources": TEACHER_SOURCES,
         "export_formats": list(EXPORT_FORMATS),
     })

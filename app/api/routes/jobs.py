@@ -13,7 +13,9 @@ from app.services import jobs as job_service
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=201, response_model=JobOut, responses={200: {"model": JobOut, "description": "Replay of an earlier request with the same Idempotency-Key"}, **problems(401, 422, 503)})
+@router.post("", status_code=201, response_model=JobOut, responses={
+    200: {"model": JobOut, "description": "Replay of an earlier request with the same Idempotency-Key"},
+    **problems(401, 409, 422, 429, 503)})
 def create_job(
     spec: JobCreate, db: SessionDep, tenant: TenantDep, settings: SettingsDep, response: Response,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
@@ -46,6 +48,13 @@ def get_job(job: JobDep) -> JobOut:
 def cancel_job(job: JobDep, db: SessionDep) -> JobOut:
     """Cancel a job: a queued one at once, a running one within seconds."""
     return JobOut.from_job(job_service.request_cancel(db=db, job=job))
+
+
+@router.delete("/{job_id}", status_code=204, responses=problems(401, 404, 409))
+def delete_job(job: JobDep, db: SessionDep, settings: SettingsDep) -> Response:
+    """Delete an ended job, its events and its artifacts (frees storage quota)."""
+    job_service.delete_job(db=db, job=job, settings=settings)
+    return Response(status_code=204)
 
 
 @router.get("/{job_id}/events", response_model=EventList, responses=problems(401, 404, 422))

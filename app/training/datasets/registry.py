@@ -1,7 +1,10 @@
 """Dataset loaders: a registry from built-in name to a function returning tensors in memory."""
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -9,15 +12,26 @@ from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.errors import TrainingError
 from app.training.spec import DatasetSpec, TaskSpec
 
+# Modules that register a loader (and maybe a transfer generator) when imported; each keeps its
+# heavy imports (scikit-learn, pandas, mnist1d, ...) inside functions so importing stays cheap.
+_LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "yeast")
+
 
 @dataclass(frozen=True)
 class DatasetSplits:
-    """Train and test tensors; targets are int64 class ids (multiclass) or float 0/1 (binary)."""
+    """Train and test tensors of one dataset, with notes on how its rows were cleaned.
+
+    Targets per task kind: multiclass int64 class ids (n,); binary float 0/1 (n,);
+    regression float32 in original units (n,); multilabel float 0/1 (n, num_classes).
+    `notes` are human-readable lines about the data (e.g. rows dropped for missing values) that
+    the loop reports as events.
+    """
 
     x_train: torch.Tensor  # (n_train, *input_shape) float32
     x_test: torch.Tensor  # (n_test, *input_shape) float32
-    y_train: dict[str, torch.Tensor]  # task -> (n_train,)
-    y_test: dict[str, torch.Tensor]  # task -> (n_test,)
+    y_train: dict[str, torch.Tensor]  # task -> (n_train,) or (n_train, num_classes)
+    y_test: dict[str, torch.Tensor]  # task -> (n_test,) or (n_test, num_classes)
+    notes: tuple[str, ...] = ()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -29,10 +43,16 @@ class DatasetSplits:
             x_train=self.x_train.to(device), x_test=self.x_test.to(device),
             y_train={task: y.to(device) for task, y in self.y_train.items()},
             y_test={task: y.to(device) for task, y in self.y_test.items()},
+            notes=self.notes,
         )
 
 
+class TransferGenerator(Protocol):
+    def __call__(self, n: int, seed: int, *, cache_dir: Path | None = None) -> torch.Tensor: ...
+
+
 BUILTIN_LOADERS: dict[str, Callable[[], DatasetSplits]] = {}
+TRANSFER_GENERATORS: dict[str, TransferGenerator] = {}
 
 
 def register_builtin(name: str) -> Callable[[Callable[[], DatasetSplits]], Callable[[], DatasetSplits]]:
@@ -47,18 +67,62 @@ def register_builtin(name: str) -> Callable[[Callable[[], DatasetSplits]], Calla
     return decorate
 
 
+def register_transfer_generator(name: str) -> Callable[[TransferGenerator], TransferGenerator]:
+    """Register the unlabelled transfer-set generator of a built-in dataset."""
+    if not BUILTIN_DATASETS.get(name, {}).get("transfer_generator"):
+        raise KeyError(f"the catalog does not list a transfer generator for {name!r}")
+
+    def decorate(generator: TransferGenerator) -> TransferGenerator:
+        TRANSFER_GENERATORS[name] = generator
+        return generator
+
+    return decorate
+
+
+def import_loaders() -> None:
+    """Import every loader module so that the registries are complete."""
+    for module in _LOADER_MODULES:
+        importlib.import_module(f"app.training.datasets.{module}")
+
+
+def load_builtin(name: str) -> DatasetSplits:
+    """Load a built-in dataset with all its tasks, checked against its catalog entry."""
+    import_loaders()
+    splits = BUILTIN_LOADERS[name]()
+    _check_splits(splits, name=name)
+    return splits
+
+
 def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec]) -> DatasetSplits:
     """Load a dataset and keep the targets of the spec's tasks only."""
-    import app.training.datasets.digits  # noqa: F401  (registers its loader)
-
-    splits = BUILTIN_LOADERS[spec.builtin]()
-    _check_splits(splits, name=spec.builtin)
+    splits = load_builtin(spec.builtin)
     names = [task.name for task in tasks]
     return DatasetSplits(
         x_train=splits.x_train, x_test=splits.x_test,
         y_train={name: splits.y_train[name] for name in names},
         y_test={name: splits.y_test[name] for name in names},
+        notes=splits.notes,
     )
+
+
+def generate_transfer_set(name: str, n: int, seed: int, *,
+                          cache_dir: Path | None = None) -> torch.Tensor:
+    """Return `n` new unlabelled inputs (n, *input_shape) float32 of a built-in dataset.
+
+    The inputs come from the dataset's own generative process, never repeat a test (or train)
+    input, and depend only on (name, n, seed): the first k of a larger set equal the set of k.
+    With `cache_dir`, generated inputs are kept on disk and reused by later calls.
+    """
+    import_loaders()
+    generator = TRANSFER_GENERATORS.get(name)
+    if generator is None:
+        able = ", ".join(sorted(TRANSFER_GENERATORS))
+        raise TrainingError(code="no_transfer_generator", message=f"built-in dataset '{name}' "
+                            f"cannot generate a transfer set (datasets that can: {able})")
+    if n < 1:
+        raise TrainingError(code="invalid_transfer_size",
+                            message=f"a transfer set needs at least 1 sample, not {n}")
+    return generator(n, seed, cache_dir=cache_dir)
 
 
 def _check_splits(splits: DatasetSplits, *, name: str) -> None:
