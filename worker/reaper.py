@@ -7,20 +7,25 @@ from datetime import timedelta
 from app.config import Settings
 from app.db import session_scope
 from app.queue import enqueue
-from app.services.lifecycle import reap_stale_jobs
+from app.services.lifecycle import reap_stale_jobs, resend_waiting_jobs
 
 log = logging.getLogger("distillery.reaper")
 
 
 def reap_once(settings: Settings) -> list[str]:
-    """Run one sweep; return the ids sent back to the queue."""
+    """Run one sweep; return the ids sent to the queue again (requeued or resent)."""
     with session_scope(settings.resolved_database_url) as db:
         requeued = reap_stale_jobs(db=db, stale_after=timedelta(seconds=settings.stale_after_seconds),
                                    max_attempts=settings.max_attempts)
+        waiting = resend_waiting_jobs(db=db, waiting_longer_than=timedelta(seconds=settings.resend_queued_after_seconds))
     for job_id in requeued:
         log.warning("job %s: heartbeat went stale, requeued to resume from its checkpoint", job_id)
         enqueue(job_id, settings=settings)
-    return requeued
+    for job_id in waiting:
+        log.warning("job %s: queued for over %.0fs without a worker claiming it; sending it again",
+                    job_id, settings.resend_queued_after_seconds)
+        enqueue(job_id, settings=settings)
+    return requeued + waiting
 
 
 def start_reaper_thread(settings: Settings) -> threading.Thread:

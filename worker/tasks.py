@@ -108,6 +108,19 @@ def _install_sigterm_handler(state: JobRunState) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
+OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def classify_failure(exc: BaseException) -> tuple[str, str]:
+    """Map an unexpected exception to (code, one-line message) for the job record."""
+    text = str(exc).strip()
+    first_line = text.splitlines()[0][:300] if text else ""
+    if isinstance(exc, MemoryError) or any(marker in text.lower() for marker in OOM_MARKERS):
+        return "out_of_memory", ("the job ran out of memory; use a smaller batch_size or smaller models"
+                                 + (f" ({first_line})" if first_line else ""))
+    return "internal_error", f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+
+
 def _worker_shutting_down() -> bool:
     """True in a pool process forked after the worker began shutting down (it inherits the flags)."""
     from celery.worker import state
@@ -172,14 +185,11 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
         finish("failed", error_code=exc.code, error_message=exc.message)
         return "failed"
-    except MemoryError:
-        finish("failed", error_code="out_of_memory", error_message="the worker ran out of memory")
-        return "failed"
     except Exception as exc:
         # The traceback stays in the worker log; the caller gets a code and a one-line message.
-        log.exception("job %s crashed", job_id)
-        code = "out_of_memory" if "out of memory" in str(exc).lower() else "internal_error"
-        finish("failed", error_code=code, error_message=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500])
+        code, message = classify_failure(exc)
+        log.exception("job %s failed: %s", job_id, code)
+        finish("failed", error_code=code, error_message=message)
         return "failed"
     finally:
         state.done.set()

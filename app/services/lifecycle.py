@@ -139,3 +139,20 @@ def reap_stale_jobs(*, db: Session, stale_after: timedelta, max_attempts: int) -
                 requeued.append(job.id)
     db.commit()
     return requeued
+
+
+def resend_waiting_jobs(*, db: Session, waiting_longer_than: timedelta) -> list[str]:
+    """Return queued jobs whose message may be lost (sent long ago, never claimed) and restamp them.
+
+    A broker that restarted without persistence loses its messages; sending again is safe because
+    a duplicate finds the job claimed. Restamping keeps each job to one resend per interval.
+    """
+    cutoff = utcnow() - waiting_longer_than
+    ids = list(db.scalars(select(Job.id).where(Job.status == "queued", Job.enqueued_at < cutoff)))
+    if ids:
+        db.execute(update(Job).where(Job.id.in_(ids), Job.status == "queued").values(enqueued_at=utcnow()),
+                   execution_options=_NO_SYNC)
+        for job_id in ids:
+            add_event(db=db, job_id=job_id, kind="resent", data={"reason": "not claimed in time"})
+    db.commit()
+    return ids

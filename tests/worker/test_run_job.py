@@ -2,6 +2,8 @@
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -169,3 +171,40 @@ def test_reaper_fails_job_after_max_attempts(settings: Settings) -> None:
     assert reap_once(settings) == []
     job = load(settings, job_id)
     assert job.status == "failed" and job.error_code == "worker_lost"
+
+
+def test_out_of_memory_is_reported_as_such(settings: Settings, tmp_path: Path) -> None:
+    """A worker under a 4 GiB address-space cap (as in a container) gets a teacher of ~8 GiB."""
+    spec = tiny_spec()
+    spec["teachers"][0]["source"]["train"]["arch"]["hidden"] = [16384] * 8
+    job_id = make_job(settings, spec)
+    script = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+        "from app.config import get_settings\n"
+        "from worker.tasks import execute_job\n"
+        f"print(execute_job({job_id!r}, settings=get_settings()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env_for(settings), capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip().splitlines()[-1] == "failed", done.stderr[-2000:]
+    job = load(settings, job_id)
+    assert job.error_code == "out_of_memory" and "batch_size" in job.error_message
+    assert "Traceback" not in job.error_message
+
+
+def test_queued_job_whose_message_was_lost_is_sent_again(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from app.db import utcnow
+    from worker.reaper import reap_once
+
+    job_id = make_job(settings, tiny_spec())  # stored, never sent: as if the broker lost it
+    assert reap_once(settings) == []  # not waiting long enough yet
+    with session_scope(settings.resolved_database_url) as db:
+        db.execute(update(Job).where(Job.id == job_id).values(
+            enqueued_at=utcnow() - timedelta(seconds=settings.resend_queued_after_seconds + 1)))
+        db.commit()
+    assert reap_once(settings) == [job_id]
+    assert reap_once(settings) == []  # restamped: one resend per interval
+    assert events(settings, job_id)[-1].kind == "resent"
