@@ -18,7 +18,7 @@ TABLES = ("job_events", "artifacts", "jobs", "api_keys", "tenants")
 
 def _pg_database() -> Iterator[str]:
     name = f"distillery_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     try:

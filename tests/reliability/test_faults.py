@@ -81,6 +81,9 @@ def test_postgres_restarted_mid_job(settings: Settings, tmp_path: Path) -> None:
         wait_until(lambda: _in_student_stage(settings, job_id), timeout=120, what="student stage")
         _pg_restart()
         wait_until(lambda: _status_or_none(settings, job_id) == "succeeded", timeout=180, what="job success")
+    from app.db import get_engine
+
+    get_engine(settings.resolved_database_url).dispose()  # this process's pooled connections died too
     job = load(settings, job_id)
     assert job.attempt == 1 and job.status == "succeeded"
     assert "failed (attempt" in worker.output() or "will retry" in worker.output()  # writes did hit the outage
