@@ -154,6 +154,29 @@ def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: P
     assert job.attempt == 2
     kinds = [e.kind for e in events(settings, job_id)]
     assert "requeued" in kinds and kinds[-1] == "succeeded"
+    student_epochs = [e.data["epoch"] for e in events(settings, job_id) if e.kind == "epoch" and e.data["stage"] == "student"]
+    assert len(student_epochs) - 30 <= 1  # at most the epoch in flight is done again
+    # the resumed student is the one an uninterrupted run with the same seed gives
+    reference = make_job(settings, _long_spec())
+    assert execute_job(reference, settings=settings) == "succeeded"
+    assert job.results["tasks"] == load(settings, reference).results["tasks"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["postgres"], indirect=True)
+def test_redelivery_after_visibility_timeout_runs_the_job_once(settings: Settings, tmp_path: Path) -> None:
+    """Redis hands the unacked message to the second worker mid-job; the claim keeps it to one run."""
+    env = env_for(settings, DISTILLERY_VISIBILITY_TIMEOUT_SECONDS="2")
+    job_id = make_job(settings, _long_spec(), send=True)
+    with running(worker_argv("vis1"), env=env, log=tmp_path / "v1.log") as first:
+        wait_until(lambda: load(settings, job_id).status == "running", timeout=60, what="job running")
+        with running(worker_argv("vis2"), env=env, log=tmp_path / "v2.log") as second:
+            wait_until(lambda: load(settings, job_id).status == "succeeded", timeout=180, what="job success")
+            skipped = lambda: "not claimable" in first.output() + second.output()  # noqa: E731
+            wait_until(skipped, timeout=30, what="the redelivered copy to be skipped")
+    job = load(settings, job_id)
+    assert job.attempt == 1
+    assert [e.kind for e in events(settings, job_id)].count("started") == 1
 
 
 def test_reaper_fails_job_after_max_attempts(settings: Settings) -> None:
