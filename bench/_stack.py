@@ -1,0 +1,101 @@
+"""Start a throwaway Distillery stack (API + worker) for a benchmark: PostgreSQL + Redis or embedded."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+
+@dataclass
+class Stack:
+    url: str
+    key: str
+    env: dict[str, str]
+    data_dir: Path
+    api_pid: int
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def _database(backend: str, data_dir: Path) -> Iterator[str]:
+    if backend == "embedded":
+        yield f"sqlite:///{data_dir / 'bench.db'}"
+        return
+    name = f"distillery_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@contextmanager
+def stack(*, backend: str = "postgres", api_workers: int = 1, worker: bool = True,
+          extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    """Run migrate, an API (uvicorn) and optionally one Celery worker; stop them afterwards."""
+    with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp:
+        data_dir = Path(tmp)
+        with _database(backend, data_dir) as db_url:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
+            env.update({"DISTILLERY_DATA_DIR": str(data_dir), "DISTILLERY_DATABASE_URL": db_url,
+                        "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+            if backend == "postgres":
+                import redis
+
+                redis.Redis.from_url(REDIS).flushdb()
+                env["DISTILLERY_BROKER_URL"] = REDIS
+            cli = [sys.executable, "-m", "app.cli"]
+            subprocess.run([*cli, "migrate"], env=env, check=True, cwd=ROOT, capture_output=True)
+            key = subprocess.run([*cli, "keys", "create", "bench"], env=env, check=True, cwd=ROOT,
+                                 capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            port = _free_port()
+            procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
+                                       "--workers", str(api_workers), "--log-level", "warning"],
+                                      env=env, cwd=ROOT, start_new_session=True)]
+            if worker:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "distillery",
+                     "-c", "1", "--loglevel", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
+                    env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            try:
+                url = f"http://127.0.0.1:{port}"
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    try:
+                        if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.2)
+                yield Stack(url=url, key=key, env=env, data_dir=data_dir, api_pid=procs[0].pid)
+            finally:
+                for proc in procs:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                        proc.wait(timeout=30)
+                    except (ProcessLookupError, subprocess.TimeoutExpired):
+                        os.killpg(proc.pid, signal.SIGKILL)
