@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     # sent again after this long; a duplicate is harmless since a job must be claimed to run.
     resend_queued_after_seconds: float = Field(default=600.0, gt=0)
     max_active_jobs_per_tenant: int = Field(default=20, ge=1)  # queued + running
-    max_storage_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=0)  # artifacts kept
+    max_storage_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=0)  # artifacts + uploads kept
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)  # one uploaded file
     rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
     rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes
     cors_origins: list[str] = []  # CORS stays off unless origins are listed
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     @property
     def resolved_artifact_dir(self) -> Path:
         return (self.artifact_dir or self.data_dir / "artifacts").resolve()
+
+    @property
+    def files_dir(self) -> Path:
+        return (self.data_dir / "files").resolve()
 
     @property
     def work_dir(self) -> Path:

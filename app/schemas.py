@@ -114,3 +114,19 @@ class KeyOut(BaseModel):
 
 class KeyCreated(KeyOut):
     key: str = Field(description="the API key itself; shown only in this response")
+
+
+class FileOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs"]
+    filename: str
+    size: int
+    sha256: str
+    meta: dict[str, Any] = Field(description="what the content check found: format, arrays/columns/tensors")
+    created_at: datetime
+
+
+class FileList(BaseModel):
+    data: list[FileOut]

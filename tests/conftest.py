@@ -13,7 +13,7 @@ from app.config import Settings, get_settings
 PG_ADMIN_URL = os.environ.get("DISTILLERY_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("DISTILLERY_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = ("job_events", "artifacts", "jobs", "api_keys", "tenants")
+TABLES = ("job_events", "artifacts", "jobs", "files", "api_keys", "tenants")
 
 
 def _pg_database() -> Iterator[str]:

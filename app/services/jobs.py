@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.config import Settings
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
-from app.models import TERMINAL_STATUSES, Artifact, Job, Tenant
+from app.models import TERMINAL_STATUSES, Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.storage import get_store
 from app.services.events import add_event
@@ -57,11 +57,12 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
 
 
 def tenant_usage(*, db: Session, tenant: Tenant) -> tuple[int, int]:
-    """Return (active jobs, artifact bytes kept) for the tenant."""
+    """Return (active jobs, bytes kept in artifacts and uploaded files) for the tenant."""
     active = db.scalar(select(func.count()).select_from(Job).where(
         Job.tenant_id == tenant.id, Job.status.in_(("queued", "running"))))
-    stored = db.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).join(Job).where(Job.tenant_id == tenant.id))
-    return int(active or 0), int(stored or 0)
+    artifacts = db.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).join(Job).where(Job.tenant_id == tenant.id))
+    uploads = db.scalar(select(func.coalesce(func.sum(File.size), 0)).where(File.tenant_id == tenant.id))
+    return int(active or 0), int(artifacts or 0) + int(uploads or 0)
 
 
 def _enforce_caps(*, db: Session, tenant: Tenant, limits: Settings) -> None:

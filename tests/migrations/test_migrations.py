@@ -13,7 +13,7 @@ from app.cli import ROOT
 from app.db import Base, get_engine
 from tests.conftest import _pg_database
 
-TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts"}
+TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts", "files"}
 
 
 def _config(url: str) -> Config:
