@@ -100,21 +100,32 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (see `k
     console.print(f"key {key_id} revoked")
 
 
-def ensure_dev_key() -> str:
-    """Return the dev API key, creating it (and DATA_DIR/dev-api-key) on first start."""
+def ensure_dev_key() -> tuple[str, bool]:
+    """Return the dev API key and whether it was just created (with DATA_DIR/dev-api-key)."""
     from app.auth import register_api_key
     from app.db import session_scope
 
     settings = _settings()
     key_file = settings.data_dir / "dev-api-key"
     plain = settings.dev_api_key or (key_file.read_text().strip() if key_file.exists() else None)
-    if not plain:
+    created = not plain
+    if created:
         plain = "dk_" + secrets.token_urlsafe(32)
     key_file.write_text(plain + "\n")
     key_file.chmod(0o600)
     with session_scope(settings.resolved_database_url) as db:
         register_api_key(db=db, tenant_name="dev", plain_key=plain)
-    return plain
+    return plain, created
+
+
+def redacted(url: str) -> str:
+    """A database or broker URL without its password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
 
 
 def worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
@@ -158,13 +169,17 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     run_migrations(settings.resolved_database_url)
-    key = ensure_dev_key()
+    key, created = ensure_dev_key()
     host, port = host or settings.host, port or settings.port
     worker_proc = subprocess.Popen(worker_argv(), start_new_session=True)
     console.print(f"[bold]Distillery[/bold] on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
-    console.print(f"database: {settings.resolved_database_url}\nbroker:   {settings.resolved_broker_url}")
-    console.print(f"dev API key (also in {settings.data_dir / 'dev-api-key'}):", highlight=False)
-    print(key, flush=True)
+    console.print(f"database: {redacted(settings.resolved_database_url)}\n"
+                  f"broker:   {redacted(settings.resolved_broker_url)}", highlight=False)
+    if created:  # shown once; later starts only say where it is kept
+        console.print(f"new dev API key (kept in {settings.data_dir / 'dev-api-key'}):", highlight=False)
+        print(key, flush=True)
+    else:
+        console.print(f"dev API key: in {settings.data_dir / 'dev-api-key'}", highlight=False)
 
     def exit_on_term(signum: int, _frame: object) -> None:
         # uvicorn re-raises the signal it caught once it has shut down; turning it into SystemExit
