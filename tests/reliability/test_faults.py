@@ -34,7 +34,7 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen:
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
-def test_redis_killed_and_restarted_mid_job(settings: Settings, tmp_path: Path) -> None:
+def test_redis_killed_and_restarted_mid_job(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
     redis = _redis_server(port, tmp_path / "redis1.log")
@@ -50,8 +50,11 @@ def test_redis_killed_and_restarted_mid_job(settings: Settings, tmp_path: Path) 
             redis.wait(timeout=10)
             time.sleep(2)
             redis = _redis_server(port, tmp_path / "redis2.log")  # empty: every message is gone
+            restarted = time.monotonic()
             for job_id in (running_job, waiting_job):
                 wait_until(lambda j=job_id: load(local, j).status == "succeeded", timeout=180, what=f"{job_id} success")
+                record_property(f"redis_restart_to_{'running' if job_id == running_job else 'lost'}_job_done_s",
+                                round(time.monotonic() - restarted, 1))
         assert load(local, running_job).attempt == 1  # the running job never stopped
         assert "resent" in [e.kind for e in events(local, waiting_job)]
     finally:
@@ -75,11 +78,13 @@ def _pg_restart() -> None:
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs a local PostgreSQL cluster to restart")
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
-def test_postgres_restarted_mid_job(settings: Settings, tmp_path: Path) -> None:
+def test_postgres_restarted_mid_job(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     job_id = make_job(settings, _long_spec(), send=True)
     with running(worker_argv("pg-fault"), env=env_for(settings), log=tmp_path / "worker.log") as worker:
         wait_until(lambda: _in_student_stage(settings, job_id), timeout=120, what="student stage")
+        restart_started = time.monotonic()
         _pg_restart()
+        record_property("pg_restart_s", round(time.monotonic() - restart_started, 1))
         wait_until(lambda: _status_or_none(settings, job_id) == "succeeded", timeout=180, what="job success")
     from app.db import get_engine
 
@@ -117,7 +122,8 @@ def test_api_restart_loses_nothing_and_idempotent_retry_returns_same_job(setting
     assert [j["id"] for j in listed] == [first["id"]]
 
 
-def test_cancel_running_job_on_a_real_worker_frees_it_for_the_next(settings: Settings, tmp_path: Path) -> None:
+def test_cancel_running_job_on_a_real_worker_frees_it_for_the_next(settings: Settings, tmp_path: Path,
+                                                                  record_property) -> None:  # noqa: ANN001
     from app.db import session_scope
     from app.models import Job
     from app.services.jobs import request_cancel
@@ -134,3 +140,4 @@ def test_cancel_running_job_on_a_real_worker_frees_it_for_the_next(settings: Set
         stopped_after = time.monotonic() - asked
         wait_until(lambda: load(settings, next_job).status == "succeeded", timeout=120, what="next job")
     assert stopped_after < 5
+    record_property("cancel_to_cancelled_s", round(stopped_after, 2))

@@ -117,14 +117,17 @@ def test_worker_process_runs_job_and_duplicate_message_is_ignored(settings: Sett
 
 
 @pytest.mark.slow
-def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_path: Path) -> None:
+def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     job_id = make_job(settings, _long_spec(), send=True)
     env = env_for(settings)
     with running(worker_argv("term1"), env=env, log=tmp_path / "w1.log") as worker:
         wait_until(lambda: (load(settings, job_id).metrics or {}).get("stage") == "student"
                    and load(settings, job_id).metrics["epoch"] >= 3, timeout=120, what="student epoch 3")
         worker.signal_group(signal.SIGTERM)
-        wait_until(lambda: load(settings, job_id).status == "queued", timeout=10, what="job back in the queue")
+        signalled = time.monotonic()
+        wait_until(lambda: load(settings, job_id).status == "queued", timeout=10, interval=0.05,
+                   what="job back in the queue")
+        record_property("sigterm_to_queued_s", round(time.monotonic() - signalled, 2))
         worker.popen.wait(timeout=30)
     requeued_at = [e for e in events(settings, job_id) if e.kind == "requeued"]
     assert requeued_at and requeued_at[0].data["reason"] == "worker_shutdown"
@@ -139,7 +142,7 @@ def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_p
 
 
 @pytest.mark.slow
-def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: Path) -> None:
+def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     job_id = make_job(settings, _long_spec(), send=True)
     env = env_for(settings)
     with running(worker_argv("kill1"), env=env, log=tmp_path / "k1.log") as worker:
@@ -148,7 +151,11 @@ def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: P
         worker.signal_group(signal.SIGKILL)
         worker.popen.wait(timeout=10)
     assert load(settings, job_id).status == "running"  # nobody knows yet
+    restarted = time.monotonic()
     with running(worker_argv("kill2"), env=env, log=tmp_path / "k2.log"):
+        wait_until(lambda: load(settings, job_id).status == "running" and load(settings, job_id).attempt == 2,
+                   timeout=60, interval=0.1, what="job resumed")
+        record_property("kill_to_resumed_s", round(time.monotonic() - restarted, 2))
         wait_until(lambda: load(settings, job_id).status == "succeeded", timeout=180, what="reaped job success")
     job = load(settings, job_id)
     assert job.attempt == 2
@@ -156,6 +163,7 @@ def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: P
     assert "requeued" in kinds and kinds[-1] == "succeeded"
     student_epochs = [e.data["epoch"] for e in events(settings, job_id) if e.kind == "epoch" and e.data["stage"] == "student"]
     assert len(student_epochs) - 30 <= 1  # at most the epoch in flight is done again
+    record_property("epochs_repeated", len(student_epochs) - 30)
     # the resumed student is the one an uninterrupted run with the same seed gives
     reference = make_job(settings, _long_spec())
     assert execute_job(reference, settings=settings) == "succeeded"
