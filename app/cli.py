@@ -311,6 +311,41 @@ def submit(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
             raise typer.Exit(1)
 
 
+files_cli = typer.Typer(help="Upload and list files (datasets, transfer sets, teachers).", no_args_is_help=True)
+cli.add_typer(files_cli, name="files")
+
+
+@files_cli.command("upload")
+def files_upload(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
+                 purpose: Annotated[str, typer.Option(help="dataset | transfer_set | teacher_weights | "
+                                                           "teacher_onnx | teacher_outputs")],
+                 url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Upload a file; prints its id (use it in a job spec)."""
+    with _client(url, api_key) as client:
+        row = client.upload(path, purpose=purpose)
+    console.print(f"{row['id']}  {row['purpose']}  {row['size']} bytes  sha256 {row['sha256'][:12]}…", highlight=False)
+
+
+@files_cli.command("list")
+def files_list(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """List uploaded files."""
+    with _client(url, api_key) as client:
+        rows = client.files()
+    for row in rows:
+        console.print(f"{row['id']}  {row['purpose']:<16} {row['size']:>12}  {row['filename']}", highlight=False)
+
+
+@cli.command()
+def events(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f", help="stream until the job ends")] = False,
+           after: Annotated[int, typer.Option(help="start after this sequence number")] = 0,
+           url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Print a job's events (with --follow, live until the job ends)."""
+    with _client(url, api_key) as client:
+        stream = client.follow(job_id, after=after) if follow else client.events(job_id, after=after, limit=1000)["data"]
+        for event in stream:
+            console.print(f"{event['seq']:>5} {event['kind']:<15} {json.dumps(event['data'])}", highlight=False)
+
+
 @cli.command()
 def status(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Show a job's status and progress."""

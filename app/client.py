@@ -1,7 +1,9 @@
 """A small HTTP client for the Distillery API (used by the CLI and the end-to-end tests)."""
 
 import hashlib
+import json
 import time
+from collections.abc import Iterator
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,10 +24,17 @@ class ApiError(Exception):
         super().__init__(f"{status} {self.code}: {self.detail}")
 
 
+RETRY_STATUSES = {429, 502, 503, 504}
+
+
 class Client:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0):
+    """Typed calls of the Distillery API; retries 429/5xx and dropped connections with backoff."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, retries: int = 4,
+                 backoff: float = 0.5):
         self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout,
                                   headers={"Authorization": f"Bearer {api_key}"})
+        self.retries, self.backoff = retries, backoff
 
     def close(self) -> None:
         self._http.close()
@@ -37,7 +46,22 @@ class Client:
         self.close()
 
     def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        response = self._http.request(method, url, **kwargs)
+        # Every call retried here is safe to repeat: reads, cancel, and submits carrying an Idempotency-Key.
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                response = self._http.request(method, url, **kwargs)
+            except httpx.TransportError:
+                if last:
+                    raise
+                time.sleep(self.backoff * 2**attempt)
+                continue
+            if response.status_code in RETRY_STATUSES and not last:
+                retry_after = response.headers.get("retry-after", "")
+                wait = float(retry_after) if retry_after.isdigit() else self.backoff * 2**attempt
+                time.sleep(min(wait, 30.0))
+                continue
+            break
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -77,6 +101,27 @@ class Client:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
             time.sleep(poll)
+
+    def upload(self, path: Path, *, purpose: str) -> dict[str, Any]:
+        """Upload a dataset, transfer set or teacher file; returns its record (id, sha256, meta)."""
+        with path.open("rb") as fh:
+            return self._request("POST", "/v1/files", data={"purpose": purpose},
+                                 files={"file": (path.name, fh)}).json()
+
+    def files(self, *, purpose: str | None = None) -> list[dict[str, Any]]:
+        params = {"purpose": purpose} if purpose else {}
+        return self._request("GET", "/v1/files", params=params).json()["data"]
+
+    def follow(self, job_id: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Yield the job's events as they happen (SSE), resuming after ``after``; ends with the job."""
+        headers = {"Last-Event-ID": str(after)}
+        with self._http.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response.status_code, response.json())
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
 
     def download(self, job_id: str, name: str, dest: Path, *, sha256: str | None = None) -> Path:
         """Stream one artifact to ``dest`` and check its sha256 against the listing."""

@@ -4,7 +4,7 @@ from fastapi import FastAPI
 
 from fastapi.middleware.cors import CORSMiddleware
 
-from app.api.routes import artifacts, files, health, jobs, keys
+from app.api.routes import artifacts, catalog, files, health, jobs, keys, stream
 from app.config import get_settings
 from app.errors import install_error_handlers
 
@@ -26,7 +26,9 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
+    app.include_router(stream.router)
     app.include_router(files.router)
+    app.include_router(catalog.router)
     app.include_router(keys.router)
     return app
 

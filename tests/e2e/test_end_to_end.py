@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,12 @@ def _cli_walk_through(url: str, key: str, tmp_path: Path) -> None:
     assert (tmp_path / "cli-download" / "student.safetensors").is_file()
     refused = cli("cancel", job_id)
     assert refused.returncode == 1 and "409 conflict" in refused.stdout
+    followed = cli("events", job_id, "--follow")
+    assert followed.returncode == 0 and followed.stdout.strip().splitlines()[-1].split()[1] == "succeeded"
+    np.savez(tmp_path / "inputs.npz", x=np.zeros((8, 64), dtype="float32"))
+    uploaded = cli("files", "upload", str(tmp_path / "inputs.npz"), "--purpose", "transfer_set")
+    assert uploaded.returncode == 0 and uploaded.stdout.startswith("file_")
+    assert uploaded.stdout.split()[0] in cli("files", "list").stdout
 
 
 def _pids_with(fragment: str) -> list[int]:
