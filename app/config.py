@@ -18,6 +18,13 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite under data_dir
     broker_url: str | None = None  # default: Celery filesystem transport under data_dir
     artifact_dir: Path | None = None  # default: data_dir / "artifacts"
+    # Artifact store: "local" (a directory; API and workers share it) or "s3" (any S3-compatible
+    # server, for workers on several hosts). Credentials come from the usual AWS_* variables.
+    storage_backend: Literal["local", "s3"] = "local"
+    s3_bucket: str | None = None
+    s3_endpoint_url: str | None = None  # e.g. http://minio:9000; unset for AWS itself
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "artifacts/"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_attempts: int = Field(default=3, ge=1)
@@ -53,6 +60,12 @@ class Settings(BaseSettings):
             problems.append("DISTILLERY_CORS_ORIGINS must list origins, not '*'")
         if problems:
             raise ValueError("unsafe settings for production: " + "; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _s3_needs_a_bucket(self) -> "Settings":
+        if self.storage_backend == "s3" and not self.s3_bucket:
+            raise ValueError("DISTILLERY_STORAGE_BACKEND=s3 needs DISTILLERY_S3_BUCKET")
         return self
 
     @property

@@ -1,10 +1,15 @@
-"""Artifact store: a local directory (the embedded and single-host default)."""
+"""Artifact stores: a local directory (default) or an S3-compatible bucket (workers on several hosts)."""
 
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 CHUNK = 1 << 20
 
@@ -24,6 +29,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _check_name(name: str) -> None:
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"invalid artifact name {name!r}")
+
+
+class ArtifactStore(Protocol):
+    def save(self, *, job_id: str, name: str, source: Path) -> StoredObject: ...
+    def local_path(self, key: str) -> Path | None: ...
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
+    def delete_job(self, job_id: str) -> None: ...
+
+
 class LocalArtifactStore:
     """Keeps each job's artifacts under ``root/<job_id>/<name>``; writes are atomic (copy + rename)."""
 
@@ -31,8 +48,7 @@ class LocalArtifactStore:
         self.root = root
 
     def save(self, *, job_id: str, name: str, source: Path) -> StoredObject:
-        if "/" in name or name.startswith("."):
-            raise ValueError(f"invalid artifact name {name!r}")
+        _check_name(name)
         target_dir = self.root / job_id
         target_dir.mkdir(parents=True, exist_ok=True)
         target = target_dir / name
@@ -47,9 +63,58 @@ class LocalArtifactStore:
             raise ValueError(f"artifact key {key!r} leaves the store")
         return resolved
 
+    def local_path(self, key: str) -> Path | None:
+        path = self.path(key)
+        return path if path.is_file() else None
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        with self.path(key).open("rb") as fh:
+            fh.seek(start)
+            left = end - start + 1
+            while left > 0 and (chunk := fh.read(min(CHUNK, left))):
+                left -= len(chunk)
+                yield chunk
+
     def delete_job(self, job_id: str) -> None:
         shutil.rmtree(self.root / job_id, ignore_errors=True)
 
 
-def get_store(root: Path) -> LocalArtifactStore:
-    return LocalArtifactStore(root)
+class S3ArtifactStore:
+    """Keeps artifacts as ``<prefix><job_id>/<name>`` objects; downloads stream byte ranges from S3."""
+
+    def __init__(self, *, bucket: str, prefix: str, endpoint_url: str | None, region: str):
+        import boto3
+
+        self.bucket, self.prefix = bucket, prefix
+        self.client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region)
+
+    def save(self, *, job_id: str, name: str, source: Path) -> StoredObject:
+        _check_name(name)
+        key = f"{self.prefix}{job_id}/{name}"
+        digest = sha256_file(source)
+        self.client.upload_file(str(source), self.bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
+        return StoredObject(key=key, size=source.stat().st_size, sha256=digest)
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]
+        try:
+            yield from body.iter_chunks(CHUNK)
+        finally:
+            body.close()
+
+    def delete_job(self, job_id: str) -> None:
+        listed = self.client.list_objects_v2(Bucket=self.bucket, Prefix=f"{self.prefix}{job_id}/")
+        keys = [{"Key": obj["Key"]} for obj in listed.get("Contents", [])]
+        if keys:
+            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+
+def get_store(settings: "Settings") -> ArtifactStore:
+    """Return the artifact store the settings name."""
+    if settings.storage_backend == "s3":
+        return S3ArtifactStore(bucket=settings.s3_bucket, prefix=settings.s3_prefix,
+                               endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
+    return LocalArtifactStore(settings.resolved_artifact_dir)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict, NotFound
 from app.models import Artifact, Job
-from app.storage import StoredObject, get_store
+from app.storage import ArtifactStore, StoredObject, get_store
 
 MEDIA_TYPES = {
     ".safetensors": "application/octet-stream",
@@ -29,7 +29,7 @@ def media_type_of(name: str) -> str:
 
 def store_outputs(*, job_id: str, files: list[Path], settings: Settings) -> list[tuple[str, StoredObject, str]]:
     """Copy a finished run's files into the artifact store; return (name, stored, media type)."""
-    store = get_store(settings.resolved_artifact_dir)
+    store = get_store(settings)
     return [(f.name, store.save(job_id=job_id, name=f.name, source=f), media_type_of(f.name)) for f in files]
 
 
@@ -43,11 +43,9 @@ def list_artifacts(*, db: Session, job_id: str) -> list[Artifact]:
     return list(db.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
 
 
-def locate(*, db: Session, job_id: str, name: str, settings: Settings) -> tuple[Artifact, Path]:
+def locate(*, db: Session, job_id: str, name: str, settings: Settings) -> tuple[Artifact, ArtifactStore]:
+    """Return the artifact row and the store that holds it (404 if the job has no such artifact)."""
     artifact = db.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     if artifact is None:
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    path = get_store(settings.resolved_artifact_dir).path(artifact.path)
-    if not path.is_file():
-        raise NotFound(f"artifact {name!r} is listed but missing from the store")
-    return artifact, path
+    return artifact, get_store(settings)

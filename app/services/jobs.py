@@ -83,7 +83,7 @@ def delete_job(*, db: Session, job: Job, settings: Settings) -> None:
         raise Conflict(f"job {job.id} is {job.status}; cancel it first")
     db.delete(job)
     db.commit()
-    get_store(settings.resolved_artifact_dir).delete_job(job.id)
+    get_store(settings).delete_job(job.id)
 
 
 def _find_by_idempotency_key(*, db: Session, tenant: Tenant, key: str) -> Job | None:
