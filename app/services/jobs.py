@@ -14,6 +14,7 @@ from app.config import Settings
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
 from app.models import TERMINAL_STATUSES, Artifact, File, Job, Tenant
 from app.queue import enqueue
+from app.services.file_refs import check_file_refs
 from app.storage import get_store
 from app.services.events import add_event
 from app.training.spec import JobSpec, spec_sha256
@@ -38,6 +39,7 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
         existing = _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key)
         if existing is not None:
             return _same_request_or_conflict(existing, digest), False
+    check_file_refs(db=db, tenant=tenant, spec=stored)
     if limits is not None:
         _enforce_caps(db=db, tenant=tenant, limits=limits)
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,

@@ -1,0 +1,65 @@
+"""File references inside a job spec: only the tenant's uploads, of the right purpose, are allowed.
+
+A spec names files as `"file": "<id>"` under a teacher source or the transfer set. Over HTTP a
+reference must be an uploaded file's id (never a path on the server); the worker turns ids into
+paths through `TenantFileResolver`.
+"""
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.errors import InvalidRequest
+from app.models import File, Tenant
+
+# The key that holds a `"file"` decides what the file must be.
+PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",
+                     "transfer_set": "transfer_set", "dataset": "dataset"}
+
+
+def file_refs(spec: dict[str, Any], path: str = "body") -> list[tuple[str, str, str]]:
+    """Return (field path, file id, expected purpose) for every file the stored spec names."""
+    found: list[tuple[str, str, str]] = []
+    if isinstance(spec, dict):
+        for key, value in spec.items():
+            here = f"{path}.{key}"
+            if key == "file" and isinstance(value, str):
+                parent = path.rsplit(".", 1)[-1].split("[")[0]
+                found.append((here, value, PURPOSE_BY_PARENT.get(parent, "")))
+            else:
+                found.extend(file_refs(value, here))
+    elif isinstance(spec, list):
+        for index, item in enumerate(spec):
+            found.extend(file_refs(item, f"{path}[{index}]"))
+    return found
+
+
+def check_file_refs(*, db: Session, tenant: Tenant, spec: dict[str, Any]) -> None:
+    """Raise 422 naming each field whose file is not one of the tenant's uploads of the right purpose."""
+    errors = []
+    for field, ref, purpose in file_refs(spec):
+        row = db.scalar(select(File).where(File.id == ref, File.tenant_id == tenant.id))
+        if row is None:
+            errors.append({"field": field, "type": "unknown_file",
+                           "message": f"{ref!r} is not one of your uploaded files (POST /v1/files, then use its id)"})
+        elif purpose and row.purpose != purpose:
+            errors.append({"field": field, "type": "wrong_purpose",
+                           "message": f"file {ref} was uploaded as {row.purpose!r}; this field needs {purpose!r}"})
+    if errors:
+        raise InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+
+class TenantFileResolver:
+    """Map a tenant's file ids to the stored files (the engine's FileResolver protocol)."""
+
+    def __init__(self, *, settings: Settings, tenant_id: str):
+        self.root = settings.files_dir / tenant_id
+
+    def resolve(self, ref: str) -> Path:
+        path = (self.root / ref).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not path.is_file():
+            raise FileNotFoundError(f"file {ref!r} is not available to this job")
+        return path
