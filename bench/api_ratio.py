@@ -1,0 +1,106 @@
+"""API speed: GET /v1/jobs/{id} vs a bare FastAPI endpoint on the same server settings; submit latency;
+the API's resident memory when idle (and whether torch is loaded in it).
+
+    .venv/bin/python bench/api_ratio.py [--clients 50] [--seconds 20] [--rounds 3] [--backend postgres|embedded]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._stack import ROOT, _free_port, stack  # noqa: E402
+from bench.load_status import percentile  # noqa: E402
+from tests.conftest import tiny_spec  # noqa: E402
+
+
+async def hammer(url: str, headers: dict, clients: int, seconds: float) -> tuple[float, list[float], int]:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=30) as http:
+        stop_at = time.perf_counter() + seconds
+
+        async def one() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                r = await http.get(url)
+                latencies.append(time.perf_counter() - t0)
+                errors += r.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(clients)))
+        return len(latencies) / (time.perf_counter() - started), latencies, errors
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def uvicorn_children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out] or [pid]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", choices=["postgres", "embedded"], default="postgres")
+    args = parser.parse_args()
+    env = {"DISTILLERY_RATE_LIMIT": "", "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000"}
+    report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds}
+    with stack(backend=args.backend, worker=False, extra_env=env) as s:
+        headers = {"Authorization": f"Bearer {s.key}"}
+        api_pid = s.api_pid
+        report["api_idle_rss_mib"] = round(rss_mib(api_pid), 1)
+        report["api_has_torch_loaded"] = "torch" in Path(f"/proc/{api_pid}/maps").read_text()
+        job = httpx.post(f"{s.url}/v1/jobs", json=tiny_spec(), headers=headers).json()
+        submit = []
+        for i in range(200):
+            t0 = time.perf_counter()
+            r = httpx.post(f"{s.url}/v1/jobs", json={**tiny_spec(), "name": f"p{i}"}, headers=headers)
+            submit.append(time.perf_counter() - t0)
+            assert r.status_code == 201, r.text
+        report["submit_p50_ms"] = round(1000 * statistics.median(submit), 1)
+        report["submit_p99_ms"] = round(1000 * percentile(submit, 0.99), 1)
+        port = _free_port()
+        bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
+                                 "--log-level", "warning"], cwd=ROOT, start_new_session=True, env=s.env)
+        try:
+            time.sleep(3)
+            status_rps, bare_rps, p50s, p99s = [], [], [], []
+            for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
+                rps, lat, errors = asyncio.run(hammer(f"{s.url}/v1/jobs/{job['id']}", headers, args.clients, args.seconds))
+                assert errors == 0
+                status_rps.append(rps)
+                p50s.append(statistics.median(lat))
+                p99s.append(percentile(lat, 0.99))
+                rps, _, _ = asyncio.run(hammer(f"http://127.0.0.1:{port}/bare", {}, args.clients, args.seconds))
+                bare_rps.append(rps)
+        finally:
+            os.killpg(bare.pid, signal.SIGTERM)
+        report.update(
+            status_rps_median=round(statistics.median(status_rps), 1), bare_rps_median=round(statistics.median(bare_rps), 1),
+            ratio_median=round(statistics.median(s_ / b_ for s_, b_ in zip(status_rps, bare_rps)), 3),
+            status_p50_ms=round(1000 * statistics.median(p50s), 1), status_p99_ms=round(1000 * statistics.median(p99s), 1),
+            api_rss_after_load_mib=round(rss_mib(api_pid), 1))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
