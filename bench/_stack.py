@@ -79,8 +79,8 @@ def stack(*, backend: str = "postgres", api_workers: int = 1, worker: bool = Tru
             if worker:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "distillery",
-                     "-c", "1", "--loglevel", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
-                    env=env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                     "-c", "1", "--loglevel", os.environ.get("BENCH_WORKER_LOGLEVEL", "WARNING"), "-n", f"bench-{uuid.uuid4().hex[:6]}@%h"],
+                    env=env, cwd=ROOT, start_new_session=True, stdout=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "ab"), stderr=subprocess.STDOUT))
             try:
                 url = f"http://127.0.0.1:{port}"
                 deadline = time.monotonic() + 60
