@@ -130,3 +130,11 @@ class FileOut(BaseModel):
 
 class FileList(BaseModel):
     data: list[FileOut]
+
+
+class ValidationSummary(BaseModel):
+    valid: Literal[True] = True
+    spec: dict[str, Any] = Field(description="the spec with every default filled in, as it would be stored")
+    spec_sha256: str
+    summary: dict[str, Any] = Field(description="params per model, compression ratio, stages with steps per "
+                                                "epoch, estimated teacher-cache bytes, dataset notes")

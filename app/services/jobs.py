@@ -164,3 +164,26 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
                 "retry with the same Idempotency-Key", headers={"Retry-After": "5"},
             ) from exc
     return job, created
+
+
+async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> "ValidationSummary":
+    """Check the spec's files, then dry-run it in a worker thread (torch is imported only here)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from app.schemas import ValidationSummary
+    from app.services.file_refs import TenantFileResolver
+
+    stored = spec.model_dump(mode="json")
+    check_file_refs(db=db, tenant=tenant, spec=stored)
+
+    def run() -> dict:
+        from app.training.dry_run import dry_run
+        from app.training.errors import TrainingError
+
+        try:
+            return dry_run(spec, resolver=TenantFileResolver(settings=settings, tenant_id=tenant.id))
+        except TrainingError as exc:
+            raise InvalidRequest(exc.message, errors=[{"field": "body", "message": exc.message, "type": exc.code}]) from exc
+
+    summary = await run_in_threadpool(run)
+    return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Query, Response
 
 from app.api.deps import JobDep, SessionDep, SettingsDep, TenantDep
 from app.api.problems import problems
-from app.schemas import EventList, EventOut, JobCreate, JobList, JobOut, JobStatus
+from app.schemas import EventList, EventOut, JobCreate, JobList, JobOut, JobStatus, ValidationSummary
 from app.services import events as event_service
 from app.services import jobs as job_service
 
@@ -26,6 +26,12 @@ def create_job(
     response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/jobs/{job.id}"
     return JobOut.from_job(job)
+
+
+@router.post("/validate", response_model=ValidationSummary, responses=problems(401, 422))
+async def validate_job(spec: JobCreate, db: SessionDep, tenant: TenantDep, settings: SettingsDep) -> ValidationSummary:
+    """Dry-run a spec without queueing it: files, cross-references, one batch through every model."""
+    return await job_service.validate_job(db=db, tenant=tenant, spec=spec, settings=settings)
 
 
 @router.get("", response_model=JobList, responses=problems(401, 422))
