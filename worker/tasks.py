@@ -15,6 +15,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.queue import RUN_JOB_TASK, enqueue
 from app.services.artifacts import store_outputs
+from app.services.file_refs import TenantFileResolver
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
 from app.training.loop import TrainCallbacks
 from worker.celery_app import celery_app
@@ -164,7 +165,9 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
     try:
         spec = JobSpec.model_validate(job.spec)
         callbacks = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
-        result = train(spec, workdir, callbacks=callbacks, job_id=job_id)
+        result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
+                       cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
+                       resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id))
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish("succeeded", results=result.results, artifacts=stored)
         shutil.rmtree(workdir, ignore_errors=True)  # the checkpoint is no longer needed

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import InvalidRequest
 from app.models import File, Tenant
+from app.training.errors import TrainingError
 
 # The key that holds a `"file"` decides what the file must be.
 PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",
@@ -61,5 +62,5 @@ class TenantFileResolver:
     def resolve(self, ref: str) -> Path:
         path = (self.root / ref).resolve()
         if not path.is_relative_to(self.root.resolve()) or not path.is_file():
-            raise FileNotFoundError(f"file {ref!r} is not available to this job")
+            raise TrainingError(code="file_not_found", message=f"file {ref!r} is not (or no longer) uploaded")
         return path

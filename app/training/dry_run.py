@@ -67,7 +67,7 @@ def _check_outputs(logits: dict[str, torch.Tensor], tasks: Any, *, where: str) -
     for task in tasks:
         got = logits.get(task.name)
         if got is None:
-            raise TrainingError(code="invalid_teacher", message=f"{where}: gives no output for task '{task.name}'")
+            raise TrainingError(code="teacher_mismatch", message=f"{where}: gives no output for task '{task.name}'")
         if got.shape[-1] != output_size(task):
-            raise TrainingError(code="invalid_teacher", message=(
+            raise TrainingError(code="teacher_mismatch", message=(
                 f"{where}: output for '{task.name}' has width {got.shape[-1]}, the task needs {output_size(task)}"))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from sqlalchemy import select, update
 
 from app.auth import get_or_create_tenant
@@ -239,3 +240,32 @@ def test_queued_job_whose_message_was_lost_is_sent_again(settings: Settings) -> 
     assert reap_once(settings) == [job_id]
     assert reap_once(settings) == []  # restamped: one resend per interval
     assert events(settings, job_id)[-1].kind == "resent"
+
+
+def test_a_broken_user_teacher_fails_the_job_with_an_actionable_message(settings: Settings, tmp_path: Path) -> None:
+    """The teacher was uploaded fine (valid ONNX) but gives 7 logits for a 10-class task."""
+    from app.db import session_scope as scope
+    from app.models import File
+
+    class Wrong(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            flat = x.flatten(1)
+            return flat[:, :7], flat[:, :2], flat[:, :1]
+
+    onnx_path = tmp_path / "wrong.onnx"
+    torch.onnx.export(Wrong(), (torch.zeros(1, 64),), str(onnx_path), input_names=["x"],
+                      output_names=["digit", "parity", "large"], dynamic_axes={"x": {0: "n"}}, dynamo=False)
+    with scope(settings.resolved_database_url) as db:
+        tenant = get_or_create_tenant(db=db, name="acme")
+        row = File(tenant_id=tenant.id, purpose="teacher_onnx", filename="wrong.onnx", size=0, sha256="0" * 64, meta={})
+        db.add(row)
+        db.commit()
+        (settings.files_dir / tenant.id).mkdir(parents=True)
+        (settings.files_dir / tenant.id / row.id).write_bytes(onnx_path.read_bytes())
+    spec = tiny_spec()
+    spec["teachers"][0]["source"] = {"onnx": {"file": row.id}}
+    job_id = make_job(settings, spec)
+    assert execute_job(job_id, settings=settings) == "failed"
+    job = load(settings, job_id)
+    assert job.error_code == "teacher_mismatch" and "digit" in job.error_message
+    assert "Traceback" not in job.error_message
