@@ -13,18 +13,13 @@ import pytest
 from app.config import Settings
 from tests.conftest import tiny_spec
 from tests.procs import api_argv, env_for, free_port, running, wait_http, wait_until, worker_argv
-from tests.worker.test_run_job import events, load, make_job
+from tests.worker.test_run_job import events, in_student_stage, load, make_job
 
 pytestmark = pytest.mark.slow
 
 
 def _long_spec(epochs: int = 30) -> dict:
     return tiny_spec(training={"epochs": epochs, "batch_size": 128, "lr": 0.003, "seed": 0})
-
-
-def _in_student_stage(settings: Settings, job_id: str, epoch: int = 2) -> bool:
-    metrics = load(settings, job_id).metrics or {}
-    return metrics.get("stage") == "student" and metrics.get("epoch", 0) >= epoch
 
 
 def _redis_server(port: int, log: Path) -> subprocess.Popen:
@@ -45,7 +40,7 @@ def test_redis_killed_and_restarted_mid_job(settings: Settings, tmp_path: Path, 
         running_job = make_job(local, _long_spec(), send=True)
         waiting_job = make_job(local, tiny_spec(), send=True)  # its message dies with the broker
         with running(worker_argv("redis-fault"), env=env, log=tmp_path / "worker.log"):
-            wait_until(lambda: _in_student_stage(local, running_job), timeout=120, what="student stage")
+            wait_until(lambda: in_student_stage(local, running_job, epoch=2), timeout=120, what="student stage")
             redis.send_signal(signal.SIGKILL)
             redis.wait(timeout=10)
             time.sleep(2)
@@ -81,7 +76,7 @@ def _pg_restart() -> None:
 def test_postgres_restarted_mid_job(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     job_id = make_job(settings, _long_spec(), send=True)
     with running(worker_argv("pg-fault"), env=env_for(settings), log=tmp_path / "worker.log") as worker:
-        wait_until(lambda: _in_student_stage(settings, job_id), timeout=120, what="student stage")
+        wait_until(lambda: in_student_stage(settings, job_id, epoch=2), timeout=120, what="student stage")
         restart_started = time.monotonic()
         _pg_restart()
         record_property("pg_restart_s", round(time.monotonic() - restart_started, 1))
@@ -131,7 +126,7 @@ def test_cancel_running_job_on_a_real_worker_frees_it_for_the_next(settings: Set
     long_job = make_job(settings, _long_spec(epochs=300), send=True)
     next_job = make_job(settings, tiny_spec(), send=True)
     with running(worker_argv("cancel"), env=env_for(settings), log=tmp_path / "worker.log"):
-        wait_until(lambda: _in_student_stage(settings, long_job), timeout=120, what="student stage")
+        wait_until(lambda: in_student_stage(settings, long_job, epoch=2), timeout=120, what="student stage")
         asked = time.monotonic()
         with session_scope(settings.resolved_database_url) as db:
             request_cancel(db=db, job=db.get(Job, long_job))

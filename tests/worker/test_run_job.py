@@ -103,6 +103,12 @@ def test_training_error_is_recorded_with_code(settings: Settings) -> None:
     assert events(settings, job_id)[-1].data["code"] == "diverged"
 
 
+def in_student_stage(settings: Settings, job_id: str, *, epoch: int) -> bool:
+    """True once the job has finished `epoch` epochs of its student stage."""
+    metrics = load(settings, job_id).metrics or {}
+    return metrics.get("stage") == "student" and metrics.get("epoch", 0) >= epoch
+
+
 def _long_spec() -> dict[str, Any]:
     return tiny_spec(training={"epochs": 30, "batch_size": 128, "lr": 0.003, "seed": 0})
 
@@ -122,8 +128,7 @@ def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_p
     job_id = make_job(settings, _long_spec(), send=True)
     env = env_for(settings)
     with running(worker_argv("term1"), env=env, log=tmp_path / "w1.log") as worker:
-        wait_until(lambda: (load(settings, job_id).metrics or {}).get("stage") == "student"
-                   and load(settings, job_id).metrics["epoch"] >= 3, timeout=120, what="student epoch 3")
+        wait_until(lambda: in_student_stage(settings, job_id, epoch=3), timeout=120, what="student epoch 3")
         worker.signal_group(signal.SIGTERM)
         signalled = time.monotonic()
         wait_until(lambda: load(settings, job_id).status == "queued", timeout=10, interval=0.05,
@@ -147,8 +152,7 @@ def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: P
     job_id = make_job(settings, _long_spec(), send=True)
     env = env_for(settings)
     with running(worker_argv("kill1"), env=env, log=tmp_path / "k1.log") as worker:
-        wait_until(lambda: (load(settings, job_id).metrics or {}).get("stage") == "student"
-                   and load(settings, job_id).metrics["epoch"] >= 3, timeout=120, what="student epoch 3")
+        wait_until(lambda: in_student_stage(settings, job_id, epoch=3), timeout=120, what="student epoch 3")
         worker.signal_group(signal.SIGKILL)
         worker.popen.wait(timeout=10)
     assert load(settings, job_id).status == "running"  # nobody knows yet
