@@ -1,0 +1,155 @@
+"""Datasets from uploaded files: NPZ arrays, or CSV/Parquet tables with a column per feature.
+
+Rules (documented in docs/datasets.md, "Your own data"):
+- Split: a `split` array/column ("train"/"test" or 0/1) when given; otherwise a fixed 80/20 split
+  (random_state 0, stratified on the first classification task when every class has 2+ rows).
+- Tables: numeric feature columns are standardised with train mean/std; other feature columns are
+  categorical and one-hot encoded with the categories seen in train (sorted; an unseen category is
+  all zeros). Labels: multiclass/binary from integers 0..K-1 as they are, otherwise the sorted
+  distinct values map to 0..K-1 (binary: the second value is 1); multilabel from a list of 0/1
+  columns; regression as floats.
+- Missing values: a row with a missing target is dropped; a missing numeric feature gets the train
+  median; a missing categorical feature is its own category "<missing>". Each is counted in `notes`.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.training.datasets.registry import DatasetSplits
+from app.training.errors import TrainingError
+from app.training.spec import TaskSpec
+
+TEST_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
+def _invalid(message: str) -> TrainingError:
+    return TrainingError(code="invalid_data", message=message)
+
+
+def _split_mask(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> np.ndarray:
+    """Return a bool array, True for test rows."""
+    if split is not None:
+        values = np.asarray(split).astype(str)
+        is_test = np.isin(values, ["test", "1"])
+        if not np.isin(values, ["train", "test", "0", "1"]).all():
+            raise _invalid("`split` must hold 'train'/'test' (or 0/1) only")
+        if is_test.all() or not is_test.any():
+            raise _invalid("`split` must give both train and test rows")
+        return is_test
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(n)
+    use_strat = strat is not None and np.unique(strat, return_counts=True)[1].min() >= 2
+    _, test_index = train_test_split(index, test_size=TEST_FRACTION, random_state=SPLIT_SEED,
+                                     stratify=strat if use_strat else None)
+    mask = np.zeros(n, dtype=bool)
+    mask[test_index] = True
+    return mask
+
+
+def _labels(task: TaskSpec, raw: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Encode one task's target column(s) by the module's rules."""
+    if task.kind == "regression":
+        try:
+            return raw.astype(np.float32)
+        except ValueError as exc:
+            raise _invalid(f"task '{task.name}': regression targets must be numbers") from exc
+    if task.kind == "multilabel":
+        values = raw.astype(np.float32)
+        if not np.isin(values, [0.0, 1.0]).all():
+            raise _invalid(f"task '{task.name}': multilabel columns must hold 0/1")
+        return values
+    classes = task.num_classes if task.kind == "multiclass" else 2
+    as_float = _try_float(raw)
+    if as_float is not None and np.all(as_float == np.round(as_float)) and as_float.min() >= 0 and as_float.max() < classes:
+        encoded = as_float.astype(np.int64)
+    else:
+        distinct = sorted({str(v) for v in raw})
+        if len(distinct) > classes:
+            raise _invalid(f"task '{task.name}': {len(distinct)} distinct labels, the spec says {classes}")
+        lookup = {v: i for i, v in enumerate(distinct)}
+        encoded = np.array([lookup[str(v)] for v in raw], dtype=np.int64)
+        notes.append(f"task '{task.name}': labels {distinct} -> {list(range(len(distinct)))}")
+    return encoded.astype(np.float32) if task.kind == "binary" else encoded
+
+
+def _try_float(raw: np.ndarray) -> np.ndarray | None:
+    try:
+        return raw.astype(np.float64)
+    except (ValueError, TypeError):
+        return None
+
+
+def _finish(x: np.ndarray, targets: dict[str, np.ndarray], is_test: np.ndarray, notes: list[str]) -> DatasetSplits:
+    if not np.isfinite(x).all():
+        raise _invalid("the inputs have NaN or inf values")
+    to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+    return DatasetSplits(
+        x_train=to_tensor(x[~is_test].astype(np.float32)), x_test=to_tensor(x[is_test].astype(np.float32)),
+        y_train={t: to_tensor(y[~is_test]) for t, y in targets.items()},
+        y_test={t: to_tensor(y[is_test]) for t, y in targets.items()}, notes=tuple(notes))
+
+
+def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
+    """`x` (n, *shape), `y_<task>` per task, optional `split`."""
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {key: npz[key] for key in npz.files}
+    if "x" not in arrays:
+        raise _invalid("the .npz dataset has no `x` array")
+    x, notes = arrays["x"], []
+    targets = {}
+    for task in tasks:
+        if f"y_{task.name}" not in arrays:
+            raise _invalid(f"the .npz dataset has no `y_{task.name}` for task '{task.name}' "
+                           f"(arrays: {', '.join(sorted(arrays))})")
+        targets[task.name] = _labels(task, arrays[f"y_{task.name}"], notes)
+        if len(targets[task.name]) != len(x):
+            raise _invalid(f"`y_{task.name}` has {len(targets[task.name])} rows, `x` has {len(x)}")
+    strat = next((targets[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
+    return _finish(x, targets, _split_mask(len(x), arrays.get("split"), strat), notes)
+
+
+def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
+                       features: list[str] | None, split_column: str | None) -> DatasetSplits:
+    """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns)."""
+    import pandas as pd
+
+    frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    notes: list[str] = []
+    target_columns = {t.name: ([targets[t.name]] if isinstance(targets[t.name], str) else list(targets[t.name]))
+                      for t in tasks}
+    used = {c for cols in target_columns.values() for c in cols} | ({split_column} if split_column else set())
+    features = features if features is not None else [c for c in frame.columns if c not in used]
+    missing = [c for c in [*used, *features] if c not in frame.columns]
+    if missing:
+        raise _invalid(f"columns {missing} are not in the file (it has: {', '.join(map(str, frame.columns))})")
+    if not features:
+        raise _invalid("no feature columns are left once targets and the split column are taken out")
+    before = len(frame)
+    frame = frame.dropna(subset=sorted(used - {split_column} if split_column else used)).reset_index(drop=True)
+    if len(frame) < before:
+        notes.append(f"dropped {before - len(frame)} of {before} rows with a missing target")
+    encoded = {t.name: _labels(t, frame[target_columns[t.name]].to_numpy() if t.kind == "multilabel"
+                               else frame[target_columns[t.name][0]].to_numpy(), notes) for t in tasks}
+    strat = next((encoded[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
+    is_test = _split_mask(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
+    columns = []
+    for name in features:
+        col = frame[name]
+        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            values = col.to_numpy(dtype=np.float64, copy=True)
+            gaps = np.isnan(values)
+            if gaps.any():
+                values[gaps] = np.nanmedian(values[~is_test])
+                notes.append(f"feature '{name}': {int(gaps.sum())} missing values set to the train median")
+            mean, std = values[~is_test].mean(), values[~is_test].std()
+            columns.append(((values - mean) / (std if std > 0 else 1.0))[:, None])
+        else:
+            text = col.astype("string").fillna("<missing>").to_numpy()
+            categories = sorted(set(text[~is_test]))
+            columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
+    return _finish(np.concatenate(columns, axis=1), encoded, is_test, notes)
