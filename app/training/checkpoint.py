@@ -2,8 +2,13 @@
 
 Layout (all torch-serialisable with weights_only=True):
     {"format": 1, "spec_sha256": str, "elapsed": float,
-     "finished": {stage: {"model": state_dict, "epochs": int, "seconds": float}},
-     "current": None | {"stage", "epoch", "seconds", "model", "optimizer", "rng": {name: Tensor}},
+     "finished": {stage: {"model": state_dict, "adaptors": state_dict, "weighting": state_dict,
+                          "epochs": int, "seconds": float}},
+     "current": None | {"stage", "epoch", "seconds", "model", "adaptors", "weighting",
+                        "optimizer", "rng": {name: Tensor}},
+"adaptors" are the stage's feature-distillation adaptors (empty for stages without them);
+"weighting" is the stage's task-weighting state (learned weights, DWA loss history, GradNorm's
+initial losses; empty for equal/fixed weighting).
      "history": [metrics.csv rows so far]}
 """
 
@@ -17,7 +22,7 @@ from typing import Any
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: stages also keep their feature adaptors
 
 log = logging.getLogger(__name__)
 

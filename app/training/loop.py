@@ -1,31 +1,38 @@
 """The training loop: `train(spec, workdir, callbacks=...) -> Result`, the engine's one entry point.
 
-Stages run in order (each teacher, the distilled student, the hard-label baseline); every epoch
+Stages run in order (trained teachers, the student stage(s), the hard-label baseline); every epoch
 ends with an atomic checkpoint, so calling `train` again on the same workdir with the same spec
 resumes where it stopped and ends with the same weights and metrics as an uninterrupted run.
+Teachers run once over the train/test/transfer inputs and their outputs go to a content-addressed
+cache (`cache_dir`), unless `distillation.online` asks for a teacher forward every step.
 """
 
-import csv
-import json
+import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from app.training.checkpoint import (atomic_path, capture_rng, load_checkpoint, new_checkpoint,
-                                     restore_rng, save_checkpoint)
+from app.training.cache import TeacherOutputCache
+from app.training.checkpoint import (capture_rng, load_checkpoint, new_checkpoint, restore_rng,
+                                     save_checkpoint)
 from app.training.datasets.registry import DatasetSplits, load_dataset
 from app.training.errors import TrainingCancelled, TrainingError
-from app.training.evaluate import (PRIMARY_METRICS, compare_tasks, cpu_latency_us, ensemble_logits,
-                                   predict, task_metrics)
-from app.training.export import write_onnx, write_safetensors, write_student_config
-from app.training.models import build_model, count_params
-from app.training.spec import JobSpec, spec_sha256
-from app.training.strategies import StagePlan, plan_stages, stage_loss
+from app.training.evaluate import predict, task_metrics
+from app.training.models import build_model
+from app.training.results import history_row, write_results
+from app.training.spec import DatasetSpec, JobSpec, spec_sha256
+from app.training.strategies import (Batch, StagePlan, plan_stages, stage_coefficients, stage_terms,
+                                     trains_trunk_only, uses_features, uses_teachers)
+from app.training.target_scaling import TargetScale, fit_target_scales, standardise_targets
+from app.training.teacher_targets import (SoftTargets, Teacher, average_targets, build_teacher,
+                                          load_transfer_inputs, split_outputs)
+from app.training.teachers import FileResolver, LocalFileResolver, PrecomputedTeacher
+from app.training.weighting import TaskWeighting, build_weighting
 
 __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "train"]
 
@@ -56,18 +63,31 @@ class Result:
 
 
 @dataclass
+class StageData:
+    """The rows a stage trains on and the test split it reports on (all on the device)."""
+
+    x: torch.Tensor  # (n, *input_shape)
+    targets: Tensors  # task -> (n, ...), regression standardised
+    labelled: torch.Tensor | None  # (n,) bool; None: all rows labelled
+    soft: SoftTargets | None  # teacher targets of the n rows (cached path)
+    x_test: torch.Tensor
+    y_test: Tensors  # original units
+    scales: dict[str, TargetScale]
+
+
+@dataclass
 class _Run:
     """What every stage of one train() call shares."""
 
     spec: JobSpec
     workdir: Path
     device: torch.device
-    data: DatasetSplits
     callbacks: TrainCallbacks
     state: dict[str, Any]  # the checkpoint dict (see checkpoint.py)
     total_epochs: int
     started: float
     elapsed_before: float
+    online_teachers: list[Teacher] = field(default_factory=list)  # online KD only
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
@@ -83,31 +103,74 @@ class _Run:
 
 
 def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = None,
-          job_id: str | None = None) -> Result:
-    """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts."""
+          job_id: str | None = None, cache_dir: Path | None = None,
+          resolver: FileResolver | None = None) -> Result:
+    """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
+
+    `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
+    `resolver` turns the spec's file references into paths (default: local paths).
+    """
     started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(cache_dir) if cache_dir is not None else workdir.resolve().parent / "teacher-cache"
+    resolver = resolver or LocalFileResolver()
     sha = spec_sha256(spec)
     device = resolve_device(spec.training.device)
     data = load_dataset(spec.dataset, tasks=spec.tasks).to(device)
+    transfer_x = load_transfer_inputs(spec, input_shape=data.input_shape, resolver=resolver,
+                                      cache_dir=cache_dir)
     state = load_checkpoint(workdir, spec_sha256=sha) or new_checkpoint(spec_sha256=sha)
     plans = plan_stages(spec)
-    run = _Run(spec=spec, workdir=workdir, device=device, data=data,
-               callbacks=callbacks or TrainCallbacks(), state=state,
-               total_epochs=sum(plan.epochs for plan in plans), started=started,
+    run = _Run(spec=spec, workdir=workdir, device=device, callbacks=callbacks or TrainCallbacks(),
+               state=state, total_epochs=sum(plan.epochs for plan in plans), started=started,
                elapsed_before=state["elapsed"])
+    scales = fit_target_scales(data.y_train, spec.tasks)
 
     models: dict[str, nn.Module] = {}
-    teacher_train: list[Tensors] = []  # per teacher: task -> (n_train, out), computed once
-    teacher_test: list[Tensors] = []  # per teacher: task -> (n_test, out)
-    for plan in plans:
-        targets = ensemble_logits(teacher_train) if plan.role == "student" else {}
-        models[plan.name] = model = _trained_model(run, plan, teacher_logits=targets)
-        if plan.role == "teacher":
-            teacher_train.append(predict(model, data.x_train))
-            teacher_test.append(predict(model, data.x_test))
-    return _finish(run, plans, models, teacher_test=teacher_test, job_id=job_id, sha=sha)
+    for plan in (p for p in plans if p.role == "teacher"):
+        models[plan.name] = _trained_model(run, plan, _teacher_data(run, plan, data, scales))
+    splits = {"train": data.x_train, "test": data.x_test}
+    if transfer_x is not None:
+        splits["transfer"] = transfer_x.to(device)
+    teachers, outputs, cache_status = [], [], {}
+    cache = TeacherOutputCache(cache_dir)
+    for teacher in spec.teachers:
+        built = build_teacher(spec, teacher, trained=models.get(f"teacher:{teacher.name}"),
+                              input_shape=data.input_shape, resolver=resolver,
+                              rows={split: len(x) for split, x in splits.items()})
+        per_split, hit = split_outputs(built, splits, cache=cache)
+        if teacher.source.train is None:  # file teachers answer in original units
+            for out in per_split.values():
+                out.logits = standardise_targets(out.logits, scales)
+        teachers.append(built)
+        outputs.append(per_split)
+        cache_status[teacher.name] = ("precomputed" if isinstance(built, PrecomputedTeacher)
+                                      else "hit" if hit else "miss")
+    if spec.distillation.online:
+        run.online_teachers = teachers
+    soft = {split: average_targets(spec, [out[split] for out in outputs], device=device)
+            for split in splits}
+
+    labelled = label_mask(spec, len(data.x_train), device=device)
+    student_data = _student_data(data, transfer_x=splits.get("transfer"), labelled=labelled,
+                                 soft=soft, scales=scales)
+    baseline_data = StageData(x=data.x_train, targets=standardise_targets(data.y_train, scales),
+                              labelled=labelled, soft=None, x_test=data.x_test, y_test=data.y_test,
+                              scales=scales)
+    previous: dict[str, torch.Tensor] | None = None
+    for plan in (p for p in plans if p.role != "teacher"):
+        stage_data = baseline_data if plan.role == "baseline" else student_data
+        init = previous if plan.role == "student" else None  # cascaded: start from stage 1
+        models[plan.name] = _trained_model(run, plan, stage_data, init=init)
+        if plan.role == "student_trunk":
+            previous = models[plan.name].state_dict()
+    return write_results(
+        run=run, plans=plans, models=models, teachers=teachers, data=data, scales=scales,
+        teacher_test=soft["test"], cache_status=cache_status, job_id=job_id, sha=sha,
+        rows={"train": len(data.x_train),
+              "labelled": len(data.x_train) if labelled is None else int(labelled.sum()),
+              "transfer": 0 if transfer_x is None else len(transfer_x)})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -120,24 +183,113 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _trained_model(run: _Run, plan: StagePlan, *, teacher_logits: Tensors) -> nn.Module:
+def label_mask(spec: JobSpec, n_rows: int, *, device: torch.device) -> torch.Tensor | None:
+    """Return which training rows keep their labels (a fixed seeded subset), None for all."""
+    fraction = spec.distillation.label_fraction
+    if fraction >= 1:
+        return None
+    keep = torch.randperm(n_rows, generator=torch.Generator().manual_seed(spec.training.seed))
+    mask = torch.zeros(n_rows, dtype=torch.bool)
+    mask[keep[:round(fraction * n_rows)]] = True
+    return mask.to(device)
+
+
+def _teacher_data(run: _Run, plan: StagePlan, data: DatasetSplits,
+                  scales: dict[str, TargetScale]) -> StageData:
+    names = [task.name for task in plan.tasks]
+    if plan.dataset is not None:  # source domain: its own rows, scales and test split
+        data = load_dataset(DatasetSpec(builtin=plan.dataset), tasks=list(plan.tasks)).to(run.device)
+        scales = fit_target_scales(data.y_train, plan.tasks)
+    targets = standardise_targets({name: data.y_train[name] for name in names}, scales)
+    return StageData(x=data.x_train, targets=targets, labelled=None, soft=None, x_test=data.x_test,
+                     y_test={name: data.y_test[name] for name in names}, scales=scales)
+
+
+def _student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
+                  labelled: torch.Tensor | None, soft: dict[str, SoftTargets],
+                  scales: dict[str, TargetScale]) -> StageData:
+    """Training rows followed by the unlabelled transfer rows, with the teachers' targets."""
+    targets = standardise_targets(data.y_train, scales)
+    train_soft = soft["train"]
+    if transfer_x is None:
+        return StageData(x=data.x_train, targets=targets, labelled=labelled, soft=train_soft,
+                         x_test=data.x_test, y_test=data.y_test, scales=scales)
+    n_train, n_extra = len(data.x_train), len(transfer_x)
+    mask = labelled if labelled is not None else torch.ones(n_train, dtype=torch.bool,
+                                                             device=transfer_x.device)
+    extra = soft["transfer"]
+    return StageData(
+        x=torch.cat([data.x_train, transfer_x]),
+        targets={task: torch.cat([y, y.new_zeros((n_extra, *y.shape[1:]))])  # unused: unlabelled
+                 for task, y in targets.items()},
+        labelled=torch.cat([mask, mask.new_zeros(n_extra)]),
+        soft=SoftTargets(logits={t: torch.cat([z, extra.logits[t]]) for t, z in train_soft.logits.items()},
+                         features={n: torch.cat([f, extra.features[n]])
+                                   for n, f in train_soft.features.items()}),
+        x_test=data.x_test, y_test=data.y_test, scales=scales)
+
+
+class StageModel(nn.Module):
+    """The model a stage optimises, its feature adaptors (one Linear per teacher), its task weighting."""
+
+    def __init__(self, model: nn.Module, adaptors: nn.ModuleDict, weighting: TaskWeighting) -> None:
+        super().__init__()
+        self.model = model
+        self.adaptors = adaptors
+        self.weighting = weighting  # learned weights and their state (DWA history, GradNorm L(0))
+
+    def forward(self, x: torch.Tensor) -> Tensors:
+        return self.model(x)
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Return CPU copies of the model's and the adaptors' state (what checkpoints keep)."""
+        return {part: {name: t.detach().cpu().clone() for name, t in module.state_dict().items()}
+                for part, module in (("model", self.model), ("adaptors", self.adaptors),
+                                     ("weighting", self.weighting))}
+
+    def load_weights(self, saved: dict[str, Any]) -> None:
+        """Load what weights() returned (a checkpoint's stage entry)."""
+        self.model.load_state_dict(saved["model"])
+        self.adaptors.load_state_dict(saved.get("adaptors", {}))
+        self.weighting.load_state_dict(saved.get("weighting", {}))
+
+
+def _trained_model(run: _Run, plan: StagePlan, data: StageData, *,
+                   init: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Return the stage's trained model (from the checkpoint when the stage already finished)."""
     torch.manual_seed(plan.seed)
-    model = build_model(plan.arch, input_shape=run.data.input_shape, tasks=plan.tasks).to(run.device)
+    model = build_model(plan.arch, input_shape=tuple(data.x.shape[1:]), tasks=plan.tasks)
+    adaptors = nn.ModuleDict()
+    if uses_features(run.spec, plan) and data.soft is not None:
+        width = model.trunk_features  # zoo models expose their trunk tap's width
+        adaptors = nn.ModuleDict({name: nn.Linear(width, f.shape[1])
+                                  for name, f in data.soft.features.items()})
+    weighting = build_weighting(run.spec, [task.name for task in plan.tasks],
+                                learned=plan.role in ("student", "baseline"))
+    staged = StageModel(model, adaptors, weighting).to(run.device)
+    if init is not None:
+        model.load_state_dict(init)
     finished = run.state["finished"].get(plan.name)
     if finished is not None:
-        model.load_state_dict(finished["model"])
+        staged.load_weights(finished)
     else:
-        _train_stage(run, plan, model, teacher_logits=teacher_logits)
-    return model.eval()
+        _train_stage(run, plan, staged, data)
+    return staged.model.eval()
 
 
-def _train_stage(run: _Run, plan: StagePlan, model: nn.Module, *, teacher_logits: Tensors) -> None:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+def _train_stage(run: _Run, plan: StagePlan, staged: StageModel, data: StageData) -> None:
+    params = [p for name, p in staged.named_parameters()
+              if not (trains_trunk_only(plan) and name.startswith("model.heads."))]
+    # Learned task weights train with the model, without weight decay.
+    groups = [{"params": [p for p in params if not any(p is w for w in staged.weighting.parameters())]}]
+    if any(True for _ in staged.weighting.parameters()):
+        groups.append({"params": list(staged.weighting.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
     batches = torch.Generator().manual_seed(plan.seed)  # batch order, on the CPU
     first_epoch, seconds = 1, 0.0
     current = run.state["current"]
     if current is not None and current["stage"] == plan.name:
-        model.load_state_dict(current["model"])
+        staged.load_weights(current)
         optimizer.load_state_dict(current["optimizer"])
         restore_rng(current["rng"], batches, run.device)
         first_epoch, seconds = current["epoch"] + 1, current["seconds"]
@@ -145,19 +297,20 @@ def _train_stage(run: _Run, plan: StagePlan, model: nn.Module, *, teacher_logits
     run.callbacks.on_stage_start(stage=plan.name, epochs=plan.epochs)
     for epoch in range(first_epoch, plan.epochs + 1):
         epoch_started = time.perf_counter()
-        losses = _train_epoch(run, plan, model, optimizer, batches, teacher_logits=teacher_logits)
-        metrics = task_metrics(predict(model, run.data.x_test), run.data.y_test, plan.tasks)
+        losses = _train_epoch(run, plan, staged, optimizer, batches, data)
+        metrics = task_metrics(predict(staged.model, data.x_test), data.y_test, plan.tasks,
+                               scales=data.scales)
         epoch_seconds = time.perf_counter() - epoch_started
         seconds += epoch_seconds
-        run.state["history"].append(_history_row(plan, epoch, epoch_seconds, metrics, losses))
-        weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+        run.state["history"].append(history_row(plan, epoch, epoch_seconds, metrics, losses))
+        weights = staged.weights()
         if epoch == plan.epochs:
-            run.state["finished"][plan.name] = {"model": weights, "epochs": plan.epochs,
+            run.state["finished"][plan.name] = {**weights, "epochs": plan.epochs,
                                                 "seconds": seconds}
             run.state["current"] = None
         else:
             run.state["current"] = {"stage": plan.name, "epoch": epoch, "seconds": seconds,
-                                    "model": weights, "optimizer": optimizer.state_dict(),
+                                    **weights, "optimizer": optimizer.state_dict(),
                                     "rng": capture_rng(batches, run.device)}
         run.save()
         run.callbacks.on_epoch_end(stage=plan.name, epoch=epoch, epochs=plan.epochs,
@@ -165,102 +318,58 @@ def _train_stage(run: _Run, plan: StagePlan, model: nn.Module, *, teacher_logits
                                    losses=losses, seconds=epoch_seconds)
 
 
-def _train_epoch(run: _Run, plan: StagePlan, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 batches: torch.Generator, *, teacher_logits: Tensors) -> dict[str, float]:
-    """Run one pass over the training split; return the sample-weighted mean of each loss term."""
-    data = run.data
-    terms_fn, coefficients = stage_loss(run.spec, plan)
-    n_rows = len(data.x_train)
+def _train_epoch(run: _Run, plan: StagePlan, staged: StageModel, optimizer: torch.optim.Optimizer,
+                 batches: torch.Generator, data: StageData) -> dict[str, float]:
+    """Run one pass over the stage's rows; return the sample-weighted mean of each loss term.
+
+    Learned task weights are added as "weight.<task>" (their value at the end of the epoch).
+    """
+    spec = run.spec
+    coefficients = stage_coefficients(spec, plan, list(staged.adaptors))
+    noise = spec.training.input_noise if plan.role in ("student", "baseline") else 0.0
+    online = bool(run.online_teachers) and uses_teachers(plan)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
+                else contextlib.nullcontext())
+    shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
+    shared = None if shared_layer is None else shared_layer.weight
+    n_rows = len(data.x)
     sums: dict[str, torch.Tensor] = {}
-    model.train()
-    order = torch.randperm(n_rows, generator=batches).to(run.device)  # (n_train,)
+    staged.train()
+    order = torch.randperm(n_rows, generator=batches).to(run.device)  # (n,)
     for start in range(0, n_rows, plan.batch_size):
         if run.callbacks.should_stop():
             raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
         rows = order[start:start + plan.batch_size]  # (batch,)
-        logits = model(data.x_train[rows])  # task -> (batch, out)
-        terms = terms_fn(logits=logits, targets={task: y[rows] for task, y in data.y_train.items()},
-                         teacher_logits={task: z[rows] for task, z in teacher_logits.items()})
-        loss = sum(coefficient * terms[name] for name, coefficient in coefficients.items())
+        x = data.x[rows]  # (batch, *input_shape)
+        if noise > 0:
+            x = x + noise * torch.randn_like(x)
+        soft = None
+        if uses_teachers(plan):
+            soft = (average_targets(spec, [t.outputs(x) for t in run.online_teachers],
+                                    device=run.device) if online else data.soft.rows(rows))
+        with autocast:
+            logits, taps = staged.model.forward_features(x)
+        batch = Batch(logits={t: z.float() for t, z in logits.items()},
+                      features=taps["trunk"].flatten(1).float(),
+                      targets={task: y[rows] for task, y in data.targets.items()},
+                      labelled=None if data.labelled is None else data.labelled[rows],
+                      teacher_logits=soft.logits if soft else {},
+                      teacher_features=soft.features if soft else {})
+        terms = stage_terms(spec, plan, batch, staged.adaptors)
+        loss, weighting_terms = staged.weighting.combine(
+            terms, {name: coefficients[name] for name in terms}, shared=shared)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        for name, value in {**terms, "total": loss}.items():
+        staged.weighting.after_step()
+        for name, value in {**terms, **weighting_terms, "total": loss}.items():
             sums[name] = sums.get(name, 0.0) + value.detach() * len(rows)
     losses = {name: (total / n_rows).item() for name, total in sums.items()}
+    losses.update({f"weight.{task}": w for task, w in staged.weighting.current_weights().items()})
+    staged.weighting.end_epoch()  # DWA derives the next epoch's weights here
     broken = [name for name, value in losses.items() if not math.isfinite(value)]
     if broken:
         raise TrainingError(code="diverged", message=(
             f"stage '{plan.name}' diverged: loss {', '.join(broken)} became NaN or infinite; "
             f"try a lower learning rate (was {plan.lr:g})"))
     return losses
-
-
-def _history_row(plan: StagePlan, epoch: int, seconds: float, metrics: dict[str, float],
-                 losses: dict[str, float]) -> dict[str, Any]:
-    row: dict[str, Any] = {"stage": plan.name, "epoch": epoch, "seconds": round(seconds, 4)}
-    for task in plan.tasks:
-        row[f"{task.name}.{PRIMARY_METRICS[task.kind][0]}"] = metrics[task.name]
-    row.update({f"loss.{name}": value for name, value in losses.items()})
-    return row
-
-
-def _finish(run: _Run, plans: list[StagePlan], models: dict[str, nn.Module], *,
-            teacher_test: list[Tensors], job_id: str | None, sha: str) -> Result:
-    spec, data = run.spec, run.data
-    out = run.workdir / "artifacts"
-    out.mkdir(exist_ok=True)
-    student = models["student"]
-    teachers = [models[plan.name] for plan in plans if plan.role == "teacher"]
-
-    artifacts = [write_student_config(arch=spec.student, tasks=spec.tasks,
-                                      input_shape=data.input_shape, directory=out)]
-    if "safetensors" in spec.export:
-        artifacts.append(write_safetensors(student, directory=out))
-    if "onnx" in spec.export:
-        artifacts.append(write_onnx(student, task_names=[task.name for task in spec.tasks],
-                                    input_shape=data.input_shape, directory=out))
-    artifacts.append(_write_metrics_csv(run.state["history"], out / "metrics.csv"))
-
-    def metrics_of(model: nn.Module) -> dict[str, float]:
-        return task_metrics(predict(model, data.x_test), data.y_test, spec.tasks)
-
-    finished = run.state["finished"]
-    results = {
-        "job_id": job_id,
-        "spec_sha256": sha,
-        "tasks": compare_tasks(
-            spec.tasks, student=metrics_of(student),
-            teacher=task_metrics(ensemble_logits(teacher_test), data.y_test, spec.tasks),
-            baseline=metrics_of(models["baseline"]) if "baseline" in models else None),
-        "params": {
-            "teacher": sum(count_params(teacher) for teacher in teachers),
-            "student": count_params(student),
-            "teachers": {teacher.name: count_params(models[f"teacher:{teacher.name}"])
-                         for teacher in spec.teachers},
-        },
-        "stages": [{"name": plan.name, "epochs": plan.epochs,
-                    "seconds": round(finished[plan.name]["seconds"], 3)} for plan in plans],
-        "timing": {"total_seconds": 0.0},
-        "latency_us_per_sample": {  # CPU, whole test split per call; teacher = all teachers
-            "teacher": round(cpu_latency_us(teachers, data.x_test), 3),
-            "student": round(cpu_latency_us([student], data.x_test), 3),
-        },
-        "device": run.device.type,
-    }
-    results["timing"]["total_seconds"] = round(run.elapsed(), 3)
-    results_path = out / "results.json"
-    with atomic_path(results_path) as tmp:
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-    return Result(results=results, artifacts=[results_path, *artifacts])
-
-
-def _write_metrics_csv(history: list[dict[str, Any]], path: Path) -> Path:
-    columns: dict[str, None] = {}  # insertion-ordered union of the rows' keys
-    for row in history:
-        columns.update(dict.fromkeys(row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
-        writer.writeheader()
-        writer.writerows(history)
-    return path

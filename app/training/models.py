@@ -1,4 +1,14 @@
-"""Architecture zoo: a shared trunk, one head per task, and named feature taps for feature KD."""
+"""Architecture zoo: a shared trunk, one head per task, and a named feature tap at the trunk.
+
+Every model maps x (batch, *input_shape) to {task: (batch, output_size)} and exposes
+`forward_features(x) -> (logits, {"trunk": (batch, trunk_features)})` for feature distillation.
+    mlp     inputs of any shape, flattened; trunk = Linear+ReLU(+Dropout) per `trunk` width
+    cnn1d   sequences (batch, channels, length) or (batch, length); per `channels` entry a
+            Conv1d(kernel_size, same padding)+ReLU+MaxPool(2), then global average pooling and
+            the dense `trunk` layers
+    cnn2d   images (batch, channels, height, width) or (batch, height, width); as cnn1d in 2-D
+Heads are Linear+ReLU per `head` width, then Linear to the task's output size.
+"""
 
 import math
 from collections.abc import Callable, Sequence
@@ -8,28 +18,25 @@ from torch import nn
 
 from app.training.spec import ArchSpec, TaskSpec
 
+# Input ranks (len(input_shape)) each convolutional architecture accepts: with or without channels.
+CONV_INPUT_RANKS = {"cnn1d": (1, 2), "cnn2d": (2, 3)}
+
 
 def output_size(task: TaskSpec) -> int:
     """Return the number of logits a head emits for a task (1 for binary/regression)."""
     return task.num_classes if task.kind in ("multiclass", "multilabel") else 1
 
 
-class MultiTaskMLP(nn.Module):
-    """MLP with a shared trunk of Linear+ReLU(+Dropout) and a Linear+ReLU stack per task head."""
+class MultiTaskNet(nn.Module):
+    """A shared trunk (nn.Sequential) whose output feeds one head per task."""
 
-    def __init__(self, *, in_features: int, trunk: Sequence[int], head: Sequence[int],
-                 dropout: float, outputs: dict[str, int]) -> None:
+    def __init__(self, *, trunk: nn.Sequential, trunk_features: int, head: Sequence[int],
+                 outputs: dict[str, int]) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for next_width in trunk:
-            layers += [nn.Linear(width, next_width), nn.ReLU()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = next_width
-        self.trunk = nn.Sequential(*layers)
-        self.trunk_features = width
-        self.heads = nn.ModuleDict({task: _head(width, head, size) for task, size in outputs.items()})
+        self.trunk = trunk
+        self.trunk_features = trunk_features
+        self.heads = nn.ModuleDict({task: _head(trunk_features, head, size)
+                                    for task, size in outputs.items()})
 
     def forward_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Return (logits per task, feature taps); taps: {"trunk": (batch, trunk_features)}."""
@@ -40,6 +47,66 @@ class MultiTaskMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return logits per task, each (batch, output_size)."""
         return self.forward_features(x)[0]
+
+    def last_shared_layer(self) -> nn.Module | None:
+        """Return the trunk's last layer with weights (GradNorm's gradient probe), if any."""
+        layers = [m for m in self.trunk if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        return layers[-1] if layers else None
+
+
+class MultiTaskMLP(MultiTaskNet):
+    """MLP with a shared trunk of Linear+ReLU(+Dropout) and a Linear+ReLU stack per task head."""
+
+    def __init__(self, *, in_features: int, trunk: Sequence[int], head: Sequence[int],
+                 dropout: float, outputs: dict[str, int]) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]  # (batch, *input_shape) -> (batch, in_features)
+        width = _dense_layers(layers, in_features, trunk, dropout)
+        super().__init__(trunk=nn.Sequential(*layers), trunk_features=width, head=head, outputs=outputs)
+
+
+class MultiTaskCNN(MultiTaskNet):
+    """Conv+ReLU+MaxPool blocks, global average pooling, dense trunk layers; 1-D or 2-D."""
+
+    def __init__(self, *, dims: int, input_shape: Sequence[int], channels: Sequence[int],
+                 kernel_size: int, trunk: Sequence[int], head: Sequence[int], dropout: float,
+                 outputs: dict[str, int]) -> None:
+        conv, pool = (nn.Conv1d, nn.MaxPool1d) if dims == 1 else (nn.Conv2d, nn.MaxPool2d)
+        layers: list[nn.Module] = []
+        if len(input_shape) == dims:  # no channel axis: (batch, *spatial) -> (batch, 1, *spatial)
+            layers.append(nn.Unflatten(1, (1, input_shape[0])))
+            input_shape = [1, *input_shape]
+        width, spatial = input_shape[0], list(input_shape[1:])
+        for out_channels in channels:
+            layers += [conv(width, out_channels, kernel_size, padding=kernel_size // 2), nn.ReLU()]
+            if min(spatial) >= 2:  # halve while there is something to halve
+                layers.append(pool(2))
+                spatial = [size // 2 for size in spatial]
+            width = out_channels
+        # (batch, width, *spatial) -> (batch, width): global average pooling
+        layers.append(GlobalAveragePool(dims))
+        width = _dense_layers(layers, width, trunk, dropout)
+        super().__init__(trunk=nn.Sequential(*layers), trunk_features=width, head=head, outputs=outputs)
+
+
+class GlobalAveragePool(nn.Module):
+    """Average over the last `dims` (spatial) axes: (batch, channels, *spatial) -> (batch, channels)."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.axes = tuple(range(-dims, 0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=self.axes)
+
+
+def _dense_layers(layers: list[nn.Module], width: int, widths: Sequence[int], dropout: float) -> int:
+    """Append Linear+ReLU(+Dropout) per width to `layers`; return the last width."""
+    for next_width in widths:
+        layers += [nn.Linear(width, next_width), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = next_width
+    return width
 
 
 def _head(in_features: int, widths: Sequence[int], out_features: int) -> nn.Sequential:
@@ -57,7 +124,19 @@ def build_mlp(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, 
                         dropout=arch.dropout, outputs=outputs)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp}
+def build_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
+    """Build a 1-D or 2-D MultiTaskCNN for inputs with or without a channel axis."""
+    if len(input_shape) not in CONV_INPUT_RANKS[arch.type]:
+        raise ValueError(f"{arch.type} needs inputs of rank {CONV_INPUT_RANKS[arch.type]} "
+                         f"(without the batch axis), got shape {list(input_shape)}")
+    assert arch.channels is not None and arch.kernel_size is not None  # filled in by ArchSpec
+    return MultiTaskCNN(dims=1 if arch.type == "cnn1d" else 2, input_shape=input_shape,
+                        channels=arch.channels, kernel_size=arch.kernel_size, trunk=arch.trunk,
+                        head=arch.head, dropout=arch.dropout, outputs=outputs)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp, "cnn1d": build_cnn,
+                                                      "cnn2d": build_cnn}
 
 
 def build_model(arch: ArchSpec, *, input_shape: Sequence[int], tasks: Sequence[TaskSpec]) -> nn.Module:

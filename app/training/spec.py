@@ -21,7 +21,7 @@ from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
 
 # Task kinds of the contract; the engine implements losses and metrics for SUPPORTED_TASK_KINDS.
 TaskKind = Literal["multiclass", "binary", "multilabel", "regression"]
-SUPPORTED_TASK_KINDS = ("multiclass", "binary")
+SUPPORTED_TASK_KINDS = ("multiclass", "binary", "multilabel", "regression")
 KINDS_WITH_CLASSES = ("multiclass", "multilabel")
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -31,7 +31,27 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                    "head": "list of per-task head widths", "dropout": "dropout after trunk layers"},
         "feature_taps": ["trunk"],
     },
+    "cnn1d": {
+        "description": ("sequences (channels, length) or (length,): Conv1d+ReLU+MaxPool(2) per "
+                        "channel width, global average pooling, dense trunk, one head per task"),
+        "fields": {"channels": "conv widths (default [32, 64])",
+                   "kernel_size": "odd conv kernel size (default 5)",
+                   "trunk": "dense widths after pooling", "head": "list of per-task head widths",
+                   "dropout": "dropout after dense trunk layers"},
+        "feature_taps": ["trunk"],
+    },
+    "cnn2d": {
+        "description": ("images (channels, height, width) or (height, width): as cnn1d with "
+                        "Conv2d and MaxPool2d"),
+        "fields": {"channels": "conv widths (default [32, 64])",
+                   "kernel_size": "odd conv kernel size (default 5)",
+                   "trunk": "dense widths after pooling", "head": "list of per-task head widths",
+                   "dropout": "dropout after dense trunk layers"},
+        "feature_taps": ["trunk"],
+    },
 }
+# Input ranks (without the batch axis) each architecture accepts; mlp flattens anything.
+ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3)}
 STRATEGIES: dict[str, str] = {
     "task_kd": "per-task soft labels from the teachers at temperature T, mixed with hard labels by alpha",
     "feature_kd": "trunk features matched to each teacher's through a learned adaptor (normalised MSE)",
@@ -51,6 +71,12 @@ TEACHER_SOURCES: dict[str, str] = {
 WEIGHTING_METHODS: dict[str, str] = {
     "equal": "every task loss has weight 1",
     "fixed": "user-given weight per task (tasks not listed get 1)",
+    "uncertainty": ("Kendall et al. 2018: a learned log-variance s per task, "
+                    "loss = sum(exp(-s) * L + s)"),
+    "dwa": ("Liu et al. 2019: weights K * softmax(r / T) from each task's loss ratio "
+            "r = L(t-1) / L(t-2) over the last two epochs; 'temperature' T (default 2)"),
+    "gradnorm": ("Chen et al. 2018: learned weights (summing to the number of tasks) that balance "
+                 "the gradient norms at the last shared trunk layer; 'alpha' (default 1.5)"),
 }
 EXPORT_FORMATS = ("safetensors", "onnx")
 
@@ -119,12 +145,33 @@ class TaskSpec(_Strict):
 
 
 class ArchSpec(_Strict):
-    """A zoo architecture; for `mlp`, `hidden` is accepted as another name for `trunk`."""
+    """A zoo architecture; `hidden` is accepted as another name for `trunk`.
 
-    type: Literal["mlp"] = "mlp"
+    `channels` and `kernel_size` belong to cnn1d/cnn2d (defaults filled in there, absent from an
+    mlp's stored form); for those, `trunk` lists the dense layers after global pooling.
+    """
+
+    type: Literal["mlp", "cnn1d", "cnn2d"] = "mlp"
     trunk: list[Width] = Field(default_factory=lambda: [64], max_length=16)
     head: list[Width] = Field(default_factory=list, max_length=16)
     dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
+    channels: list[Width] | None = Field(default=None, min_length=1, max_length=16,
+                                         exclude_if=lambda value: value is None)
+    kernel_size: int | None = Field(default=None, ge=1, le=31, exclude_if=lambda value: value is None)
+
+    @model_validator(mode="after")
+    def _conv_fields_match_type(self) -> "ArchSpec":
+        if self.type not in ARCH_INPUT_RANKS:
+            given = [name for name in ("channels", "kernel_size") if getattr(self, name) is not None]
+            if given:
+                raise _error("unexpected_conv_field",
+                             f"{', '.join(given)}: only used by cnn1d and cnn2d, not {self.type}")
+            return self
+        self.channels = self.channels or [32, 64]
+        self.kernel_size = self.kernel_size or 5
+        if self.kernel_size % 2 == 0:
+            raise _error("even_kernel_size", "kernel_size must be odd (convolutions keep the size)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -179,10 +226,11 @@ class OutputsSourceSpec(_Strict):
 class TeacherSourceSpec(_Strict):
     """Where a teacher comes from: exactly one of train, weights, onnx, outputs."""
 
-    train: TrainSourceSpec | None = None
-    weights: WeightsSourceSpec | None = None
-    onnx: OnnxSourceSpec | None = None
-    outputs: OutputsSourceSpec | None = None
+    # Only the given source is stored (the others are left out, not written as null).
+    train: TrainSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    weights: WeightsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    onnx: OnnxSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    outputs: OutputsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "TeacherSourceSpec":
@@ -266,10 +314,17 @@ class TransferSetSpec(_Strict):
 
 
 class WeightingSpec(_Strict):
-    """How per-task losses are combined into the total loss."""
+    """How per-task losses are combined into the total loss (see WEIGHTING_METHODS).
 
-    method: Literal["equal", "fixed"] = "equal"
+    `alpha` (GradNorm, default 1.5) and `temperature` (DWA, default 2) are filled in for their
+    method only and absent from the stored form of the others.
+    """
+
+    method: Literal["equal", "fixed", "uncertainty", "dwa", "gradnorm"] = "equal"
     weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
+    alpha: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] | None = Field(
+        default=None, exclude_if=lambda value: value is None)
+    temperature: PositiveFloat | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _weights_match_method(self) -> "WeightingSpec":
@@ -277,6 +332,12 @@ class WeightingSpec(_Strict):
             raise _error("missing_weights", "weights are required when method is 'fixed'")
         if self.method != "fixed" and self.weights is not None:
             raise _error("unexpected_weights", "weights are only used when method is 'fixed'")
+        for name, method, default in (("alpha", "gradnorm", 1.5), ("temperature", "dwa", 2.0)):
+            if self.method == method:
+                setattr(self, name, default if getattr(self, name) is None else getattr(self, name))
+            elif getattr(self, name) is not None:
+                raise _error("unexpected_weighting_field",
+                             f"{name} is only used when method is '{method}'")
         return self
 
 
@@ -365,6 +426,20 @@ class JobSpec(_Strict):
                 _check_source_domain(source.dataset, dataset.builtin, teacher, tasks, index)
         return teachers
 
+    @field_validator("teachers")
+    @classmethod
+    def _teacher_archs_fit_inputs(cls, teachers: list[TeacherSpec],
+                                  info: ValidationInfo) -> list[TeacherSpec]:
+        dataset = info.data.get("dataset")
+        for index, teacher in enumerate(teachers if dataset is not None else []):
+            source, path = teacher.source, f"teachers[{index}].source"
+            if source.train is not None:
+                _check_arch_inputs(source.train.arch, source.train.dataset or dataset.builtin,
+                                   f"{path}.train.arch")
+            elif source.weights is not None:
+                _check_arch_inputs(source.weights.arch, dataset.builtin, f"{path}.weights.arch")
+        return teachers
+
     @field_validator("distillation")
     @classmethod
     def _overrides_name_tasks(cls, distillation: DistillationSpec,
@@ -401,10 +476,24 @@ class JobSpec(_Strict):
                         "which cannot run on augmented inputs"))
         return distillation
 
+    @field_validator("student")
+    @classmethod
+    def _student_fits_inputs(cls, student: ArchSpec, info: ValidationInfo) -> ArchSpec:
+        dataset = info.data.get("dataset")
+        if dataset is not None:
+            _check_arch_inputs(student, dataset.builtin, "student")
+        return student
+
     @field_validator("weighting")
     @classmethod
     def _weights_name_tasks(cls, weighting: WeightingSpec, info: ValidationInfo) -> WeightingSpec:
         _check_task_keys(weighting.weights or {}, info, "weighting.weights")
+        student = info.data.get("student")
+        if weighting.method == "gradnorm" and student is not None and student.type == "mlp" \
+                and not student.trunk:
+            raise _error("gradnorm_without_trunk", (
+                "weighting.method: gradnorm balances gradient norms at the last shared trunk "
+                "layer; give the student a non-empty 'trunk'"))
         return weighting
 
     @field_validator("baseline")
@@ -437,7 +526,7 @@ class JobSpec(_Strict):
                     f"transfer_set: teachers[{index}] gives precomputed outputs for the dataset's "
                     "rows only and cannot label a transfer set"))
         tasks = info.data.get("tasks") or []
-        if any(not task.distill for task in tasks) and all(not t.distill for t in tasks):
+        if tasks and not any(task.distill for task in tasks):
             raise _error("nothing_to_distill", "transfer_set: every task is hard-label only")
         return transfer_set
 
@@ -477,6 +566,16 @@ def _check_source_domain(source: str, target: str, teacher: "TeacherSpec",
             raise _error("source_task_mismatch", (
                 f"{path}: '{source}' offers no task '{name}' with {describe_task(task.model_dump())}"
                 f" outputs (available: {', '.join(meta['tasks'])})"))
+
+
+def _check_arch_inputs(arch: ArchSpec, dataset: str, path: str) -> None:
+    """Check that an architecture accepts the dataset's input shape."""
+    shape = BUILTIN_DATASETS[dataset]["input_shape"]
+    ranks = ARCH_INPUT_RANKS.get(arch.type)
+    if ranks is not None and len(shape) not in ranks:
+        raise _error("arch_input_mismatch", (
+            f"{path}.type: {arch.type} takes inputs of rank {' or '.join(map(str, ranks))}; "
+            f"dataset '{dataset}' has inputs {shape}"))
 
 
 def _check_task_keys(mapping: dict[str, Any], info: ValidationInfo, path: str) -> None:

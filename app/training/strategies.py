@@ -1,28 +1,33 @@
 """Strategies: the job as a list of stages, and each stage's loss as named terms.
 
 A stage's loss is `sum(coefficients[name] * terms[name])`; the terms are logged one by one.
-Term names are "<task>.hard" and "<task>.soft".
+Term names: "<task>.hard" (labelled rows only), "<task>.soft" (KD at T against the teachers'
+averaged logits) and "feature.<teacher>" (normalised feature distillation through an adaptor).
+Presets (spec.distillation.strategy) choose the terms; `distillation.terms` combines them.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from app.training.losses import HARD_LOSSES, SOFT_LOSSES
 from app.training.spec import ArchSpec, JobSpec, TaskSpec
 from app.training.weighting import task_weights
 
 Tensors = dict[str, torch.Tensor]
+Role = Literal["teacher", "student_trunk", "student", "baseline"]
 
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One optimisation run: a teacher, the distilled student, or the hard-label baseline."""
+    """One optimisation run: a teacher, the cascaded trunk stage, the student, or the baseline."""
 
-    name: str  # "teacher:<name>", "student" or "baseline"
-    role: Literal["teacher", "student", "baseline"]
+    name: str  # "teacher:<name>", "student:trunk", "student" or "baseline"
+    role: Role
     arch: ArchSpec
     tasks: tuple[TaskSpec, ...]
     epochs: int
@@ -30,84 +35,124 @@ class StagePlan:
     batch_size: int
     weight_decay: float
     seed: int  # seeds the model init and the batch order
+    dataset: str | None = None  # a teacher's source-domain dataset (None: the job's)
+
+
+@dataclass
+class Batch:
+    """What a loss term may read for one batch of rows."""
+
+    logits: Tensors  # task -> (batch, out) student logits
+    features: torch.Tensor | None  # (batch, width) student trunk features
+    targets: Tensors  # task -> (batch,) or (batch, labels)
+    labelled: torch.Tensor | None  # (batch,) bool; None: every row has labels
+    teacher_logits: Tensors  # task -> (batch, out), averaged over the teachers of the task
+    teacher_features: Tensors  # teacher name -> (batch, teacher width)
 
 
 def plan_stages(spec: JobSpec) -> list[StagePlan]:
-    """Return the stages in run order: each teacher, the student, then the baseline if asked."""
+    """Return the stages in run order: trained teachers, the student stage(s), the baseline."""
     stages = []
     for index, teacher in enumerate(spec.teachers):
         source = teacher.source.train
+        if source is None:  # weights, ONNX and precomputed outputs need no training
+            continue
         stages.append(StagePlan(
             name=f"teacher:{teacher.name}", role="teacher", arch=source.arch,
             tasks=tuple(spec.task(name) for name in teacher.tasks), epochs=source.epochs,
             lr=source.lr, batch_size=source.batch_size, weight_decay=source.weight_decay,
-            seed=spec.training.seed + 1 + index))
-    roles: list[Literal["student", "baseline"]] = ["student", "baseline"] if spec.baseline else ["student"]
-    for role in roles:
-        # The baseline shares the student's seed: same init, same batch order, hard labels only.
+            seed=spec.training.seed + 1 + index, dataset=source.dataset))
+    student: list[tuple[str, Role, int]] = []
+    if spec.distillation.strategy == "cascaded":
+        student.append(("student:trunk", "student_trunk", spec.distillation.trunk_epochs or 1))
+    student.append(("student", "student", spec.training.epochs))
+    if spec.baseline:
+        student.append(("baseline", "baseline", spec.training.epochs))
+    # The baseline shares the student's seed: same init, same batch order, hard labels only.
+    for name, role, epochs in student:
         stages.append(StagePlan(
-            name=role, role=role, arch=spec.student, tasks=tuple(spec.tasks),
-            epochs=spec.training.epochs, lr=spec.training.lr, batch_size=spec.training.batch_size,
+            name=name, role=role, arch=spec.student, tasks=tuple(spec.tasks), epochs=epochs,
+            lr=spec.training.lr, batch_size=spec.training.batch_size,
             weight_decay=spec.training.weight_decay, seed=spec.training.seed))
     return stages
 
 
-def hard_terms(tasks: Sequence[TaskSpec], *, logits: Tensors, targets: Tensors) -> Tensors:
-    """Return "<task>.hard": the supervised loss of each task."""
-    return {f"{t.name}.hard": HARD_LOSSES[t.kind](logits[t.name], targets[t.name]) for t in tasks}
+def uses_teachers(plan: StagePlan) -> bool:
+    """Return whether the stage reads teacher outputs."""
+    return plan.role in ("student", "student_trunk")
 
 
-def task_kd_terms(spec: JobSpec, tasks: Sequence[TaskSpec], *, logits: Tensors, targets: Tensors,
-                  teacher_logits: Tensors) -> Tensors:
-    """Return "<task>.hard" and "<task>.soft" (KD against the teachers' logits at T)."""
-    terms = hard_terms(tasks, logits=logits, targets=targets)
-    for task in tasks:
+def uses_features(spec: JobSpec, plan: StagePlan) -> bool:
+    """Return whether the stage has feature-distillation terms."""
+    return plan.role == "student_trunk" or (
+        plan.role == "student" and "feature" in (spec.distillation.terms or []))
+
+
+def trains_trunk_only(plan: StagePlan) -> bool:
+    """Return whether the stage leaves the task heads untouched (cascaded stage 1)."""
+    return plan.role == "student_trunk"
+
+
+def soft_tasks(spec: JobSpec, plan: StagePlan) -> list[TaskSpec]:
+    """Return the tasks that get a soft (KD) term in this stage."""
+    if plan.role != "student" or "soft" not in (spec.distillation.terms or []):
+        return []
+    covered = {name for teacher in spec.teachers for name in teacher.tasks}
+    return [task for task in plan.tasks if task.distill and task.name in covered]
+
+
+def masked_hard_loss(task: TaskSpec, logits: torch.Tensor, target: torch.Tensor,
+                     labelled: torch.Tensor | None) -> torch.Tensor:
+    """Return the task's supervised loss over the labelled rows (0 when the batch has none)."""
+    if labelled is not None:
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0  # keeps the graph; contributes nothing
+        logits, target = logits[labelled], target[labelled]
+    return HARD_LOSSES[task.kind](logits, target)
+
+
+def normalised_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Squared distance of L2-normalised features (Li & Bilen 2020), summed over width, batch mean."""
+    student = F.normalize(student.float(), dim=1)  # (batch, width)
+    teacher = F.normalize(teacher.float(), dim=1)  # (batch, width)
+    return (student - teacher).pow(2).sum(dim=1).mean()
+
+
+def stage_terms(spec: JobSpec, plan: StagePlan, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
+    """Return the named loss terms of one batch of the stage."""
+    terms: Tensors = {}
+    if plan.role != "student_trunk":
+        labelled = None if plan.role == "teacher" else batch.labelled
+        for task in plan.tasks:
+            terms[f"{task.name}.hard"] = masked_hard_loss(
+                task, batch.logits[task.name], batch.targets[task.name], labelled)
+    for task in soft_tasks(spec, plan):
         temperature, _ = spec.kd_settings(task.name)
         terms[f"{task.name}.soft"] = SOFT_LOSSES[task.kind](
-            logits[task.name], teacher_logits[task.name], temperature=temperature)
+            batch.logits[task.name], batch.teacher_logits[task.name], temperature=temperature)
+    if uses_features(spec, plan) and batch.features is not None:
+        for teacher, target in batch.teacher_features.items():
+            terms[f"feature.{teacher}"] = normalised_feature_loss(
+                adaptors[teacher](batch.features), target)
     return terms
 
 
-def task_kd_coefficients(spec: JobSpec, tasks: Sequence[TaskSpec]) -> dict[str, float]:
-    """Return weight * alpha for soft terms and weight * (1 - alpha) for hard terms."""
-    weights = task_weights(spec, [task.name for task in tasks])
-    coefficients = {}
-    for task in tasks:
-        _, alpha = spec.kd_settings(task.name)
-        coefficients[f"{task.name}.soft"] = weights[task.name] * alpha
-        coefficients[f"{task.name}.hard"] = weights[task.name] * (1 - alpha)
-    return coefficients
-
-
-@dataclass(frozen=True)
-class Strategy:
-    """How the student stage turns outputs into loss terms and weights them."""
-
-    terms: Callable[..., Tensors]
-    coefficients: Callable[[JobSpec, Sequence[TaskSpec]], dict[str, float]]
-
-
-STRATEGIES: dict[str, Strategy] = {
-    "task_kd": Strategy(terms=task_kd_terms, coefficients=task_kd_coefficients),
-}
-
-
-def stage_loss(spec: JobSpec, plan: StagePlan) -> tuple[Callable[..., Tensors], dict[str, float]]:
-    """Return (terms_fn(logits=, targets=, teacher_logits=) -> terms, coefficients) for a stage."""
-    if plan.role == "student":
-        strategy = STRATEGIES[spec.distillation.strategy]
-
-        def student_terms(*, logits: Tensors, targets: Tensors, teacher_logits: Tensors) -> Tensors:
-            return strategy.terms(spec, plan.tasks, logits=logits, targets=targets,
-                                  teacher_logits=teacher_logits)
-
-        return student_terms, strategy.coefficients(spec, plan.tasks)
-
-    # Teachers learn their tasks equally weighted; the baseline uses the student's task weights.
+def stage_coefficients(spec: JobSpec, plan: StagePlan,
+                       feature_teachers: Sequence[str]) -> dict[str, float]:
+    """Return each term's weight: task weight x (alpha | 1 - alpha), feature_weight for features."""
     names = [task.name for task in plan.tasks]
-    weights = task_weights(spec, names) if plan.role == "baseline" else dict.fromkeys(names, 1.0)
-
-    def supervised_terms(*, logits: Tensors, targets: Tensors, teacher_logits: Tensors) -> Tensors:
-        return hard_terms(plan.tasks, logits=logits, targets=targets)
-
-    return supervised_terms, {f"{name}.hard": weights[name] for name in names}
+    coefficients: dict[str, float] = {}
+    if plan.role == "teacher":  # teachers learn their tasks equally weighted
+        return {f"{name}.hard": 1.0 for name in names}
+    weights = task_weights(spec, names)
+    if plan.role != "student_trunk":
+        distilled = {task.name for task in soft_tasks(spec, plan)}
+        for name in names:
+            _, alpha = spec.kd_settings(name)
+            coefficients[f"{name}.hard"] = weights[name] * ((1 - alpha) if name in distilled else 1.0)
+            if name in distilled:
+                coefficients[f"{name}.soft"] = weights[name] * alpha
+    if uses_features(spec, plan):
+        for teacher in feature_teachers:
+            coefficients[f"feature.{teacher}"] = spec.distillation.feature_weight
+    return coefficients

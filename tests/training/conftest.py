@@ -18,7 +18,7 @@ def tiny_spec_dict(**sections: dict[str, Any]) -> dict[str, Any]:
     spec = json.loads((EXAMPLES / "digits-mt-tiny.json").read_text())
     for key, value in sections.items():
         if isinstance(value, dict):
-            spec[key] = {**spec[key], **copy.deepcopy(value)}
+            spec[key] = {**spec.get(key, {}), **copy.deepcopy(value)}
         else:
             spec[key] = copy.deepcopy(value)
     return spec

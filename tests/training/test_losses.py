@@ -5,11 +5,9 @@ import math
 import pytest
 import torch
 
-from app.training.losses import (binary_hard_loss, binary_soft_loss, multiclass_hard_loss,
-                                 multiclass_soft_loss)
-from app.training.spec import JobSpec
-from app.training.strategies import plan_stages, stage_loss
-from tests.training.conftest import tiny_spec_dict
+from app.training.losses import (HARD_LOSSES, SOFT_LOSSES, binary_hard_loss, multiclass_hard_loss,
+                                 multiclass_soft_loss, multilabel_hard_loss, regression_hard_loss,
+                                 regression_soft_loss, sigmoid_soft_loss)
 
 
 def sigmoid(z: float) -> float:
@@ -52,34 +50,65 @@ def test_binary_soft_loss_is_bce_of_tempered_sigmoids_times_t_squared():
     rows = [bce(sigmoid(4 / temperature), sigmoid(2 / temperature)),
             bce(sigmoid(0 / temperature), sigmoid(-1 / temperature))]
     expected = sum(rows) / 2 * temperature**2
-    got = binary_soft_loss(student, teacher, temperature=temperature).item()
+    got = sigmoid_soft_loss(student, teacher, temperature=temperature).item()
     assert got == pytest.approx(expected, rel=1e-6)
 
 
-def test_student_stage_mixes_soft_and_hard_with_alpha_and_task_weight():
-    spec = JobSpec.model_validate(tiny_spec_dict(
-        distillation={"alpha": 0.25, "per_task": {"large": {"alpha": 1.0, "temperature": 2.0}}},
-        weighting={"method": "fixed", "weights": {"digit": 3.0}}))
-    student = next(plan for plan in plan_stages(spec) if plan.role == "student")
-    terms_fn, coefficients = stage_loss(spec, student)
-    assert coefficients == {"digit.soft": 0.75, "digit.hard": 2.25, "parity.soft": 0.25,
-                            "parity.hard": 0.75, "large.soft": 1.0, "large.hard": 0.0}
-    zeros = {"digit": torch.zeros(2, 10), "parity": torch.zeros(2, 2)}
-    logits = {**zeros, "large": torch.tensor([[2.0], [-1.0]])}  # task -> (batch, out)
-    teacher = {**zeros, "large": torch.tensor([[4.0], [0.0]])}
-    targets = {"digit": torch.tensor([1, 2]), "parity": torch.tensor([0, 1]),
-               "large": torch.tensor([1.0, 0.0])}
-    terms = terms_fn(logits=logits, targets=targets, teacher_logits=teacher)
-    assert terms["digit.soft"].item() == pytest.approx(0.0, abs=1e-7)  # identical distributions
-    assert terms["digit.hard"].item() == pytest.approx(math.log(10), rel=1e-6)
-    assert terms["large.soft"].item() == pytest.approx(
-        binary_soft_loss(logits["large"], teacher["large"], temperature=2.0).item())
+def bce(p: float, q: float) -> float:
+    """Cross-entropy of a prediction q against a (soft) target p."""
+    return -(p * math.log(q) + (1 - p) * math.log(1 - q))
 
 
-def test_teacher_and_baseline_stages_use_hard_terms_only():
-    spec = JobSpec.model_validate(tiny_spec_dict())
-    names = [plan.name for plan in plan_stages(spec)]
-    assert names == ["teacher:digit-teacher", "teacher:aux-teacher", "student", "baseline"]
-    teacher, _, _, baseline = plan_stages(spec)
-    assert stage_loss(spec, teacher)[1] == {"digit.hard": 1.0}
-    assert stage_loss(spec, baseline)[1] == {"digit.hard": 1.0, "parity.hard": 1.0, "large.hard": 1.0}
+def test_multilabel_hard_loss_is_bce_averaged_over_rows_and_labels():
+    logits = torch.tensor([[0.0, 2.0, -1.0], [1.0, 0.0, 3.0]])  # (batch 2, labels 3)
+    target = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    elements = [bce(1, sigmoid(0)), bce(0, sigmoid(2)), bce(0, sigmoid(-1)),
+                bce(1, sigmoid(1)), bce(1, sigmoid(0)), bce(0, sigmoid(3))]
+    assert multilabel_hard_loss(logits, target).item() == pytest.approx(sum(elements) / 6, rel=1e-6)
+
+
+def test_multilabel_soft_loss_is_elementwise_tempered_bce_times_t_squared():
+    temperature = 3.0
+    student = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
+    teacher = torch.tensor([[3.0, 0.0], [-3.0, 6.0]])
+    elements = [bce(sigmoid(t / temperature), sigmoid(s / temperature))
+                for s_row, t_row in zip(student.tolist(), teacher.tolist(), strict=True)
+                for s, t in zip(s_row, t_row, strict=True)]
+    expected = sum(elements) / 4 * temperature**2
+    got = SOFT_LOSSES["multilabel"](student, teacher, temperature=temperature).item()
+    assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_soft_bce_is_smallest_where_the_student_matches_the_teacher():
+    teacher = torch.tensor([[1.5, -0.5]])
+    at_teacher = sigmoid_soft_loss(teacher, teacher, temperature=2.0)
+    assert at_teacher < sigmoid_soft_loss(teacher + 0.3, teacher, temperature=2.0)
+    assert at_teacher < sigmoid_soft_loss(teacher - 0.3, teacher, temperature=2.0)
+
+
+def test_regression_losses_are_mse_and_ignore_the_temperature():
+    prediction = torch.tensor([[0.5], [-1.0], [2.0]])  # (batch, 1), standardised units
+    target = torch.tensor([1.0, -1.0, 0.0])
+    assert regression_hard_loss(prediction, target).item() == pytest.approx((0.25 + 0 + 4) / 3)
+    teacher = torch.tensor([[0.0], [0.0], [1.0]])
+    expected = (0.25 + 1 + 1) / 3
+    for temperature in (1.0, 4.0):
+        got = regression_soft_loss(prediction, teacher, temperature=temperature).item()
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_every_task_kind_has_a_hard_and_a_soft_loss_with_a_gradient():
+    cases = {
+        "multiclass": (torch.randn(4, 3), torch.tensor([0, 2, 1, 0])),
+        "binary": (torch.randn(4, 1), torch.tensor([1.0, 0.0, 0.0, 1.0])),
+        "multilabel": (torch.randn(4, 5), (torch.rand(4, 5) > 0.5).float()),
+        "regression": (torch.randn(4, 1), torch.randn(4)),
+    }
+    assert set(cases) == set(HARD_LOSSES) == set(SOFT_LOSSES)
+    for kind, (logits, target) in cases.items():
+        logits.requires_grad_(True)
+        hard = HARD_LOSSES[kind](logits, target)
+        soft = SOFT_LOSSES[kind](logits, torch.randn_like(logits), temperature=2.0)
+        assert hard.shape == soft.shape == ()
+        (hard + soft).backward()
+        assert logits.grad is not None and torch.isfinite(logits.grad).all()

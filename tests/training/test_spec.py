@@ -55,11 +55,11 @@ def test_architecture_example_validates_and_writes_defaults_back():
     spec = JobSpec.model_validate(example())
     dumped = spec.model_dump(mode="json")
     assert dumped["training"] == {"epochs": 30, "batch_size": 128, "lr": 0.002, "seed": 0,
-                                  "weight_decay": 0.0, "device": "auto"}
+                                  "weight_decay": 0.0, "device": "auto", "input_noise": 0.0}
     assert dumped["distillation"]["per_task"] == {}
     assert dumped["teachers"][0]["source"]["train"] == {
         "arch": {"type": "mlp", "trunk": [512, 512], "head": [], "dropout": 0.0},
-        "epochs": 40, "lr": 0.002, "batch_size": 128, "weight_decay": 0.0}
+        "epochs": 40, "lr": 0.002, "batch_size": 128, "weight_decay": 0.0, "dataset": None}
     assert dumped["student"]["dropout"] == 0.0
     assert JobSpec.model_validate(dumped) == spec  # the stored form validates to the same spec
 
@@ -69,8 +69,11 @@ def test_minimal_spec_gets_every_default():
     for key in ("distillation", "weighting", "training", "baseline", "export"):
         del data[key]
     dumped = JobSpec.model_validate(data).model_dump(mode="json")
-    assert dumped["distillation"] == {"strategy": "task_kd", "temperature": 4.0, "alpha": 0.5,
-                                      "per_task": {}}
+    assert dumped["distillation"] == {
+        "strategy": "task_kd", "terms": ["soft"], "temperature": 4.0, "alpha": 0.5, "per_task": {},
+        "feature_weight": 1.0, "trunk_epochs": None, "label_fraction": 1.0, "online": False}
+    assert dumped["transfer_set"] is None
+    assert all(task["distill"] is True for task in dumped["tasks"])
     assert dumped["weighting"] == {"method": "equal", "weights": None}
     assert dumped["baseline"] is True
     assert dumped["export"] == ["safetensors", "onnx"]
@@ -106,11 +109,11 @@ def test_spec_sha256_is_canonical_and_stable():
     (lambda d: d["tasks"][0].pop("num_classes"), ("tasks", 0), ["num_classes is required"]),
     (lambda d: d["tasks"][0].update(num_classes=1), ("tasks", 0), [">= 2"]),
     (lambda d: d["tasks"][2].update(num_classes=2), ("tasks", 2), ["not used"]),
-    (lambda d: d["tasks"][2].update(kind="regression"), ("tasks", 2, "kind"), ["not supported yet"]),
-    (lambda d: d["distillation"].update(strategy="feature_kd"), ("distillation", "strategy"),
-     ["task_kd"]),
+    (lambda d: d["tasks"][2].update(kind="regression"), ("tasks",), ["tasks[2]", "binary"]),
+    (lambda d: d["distillation"].update(strategy="fitnets"), ("distillation", "strategy"),
+     ["task_kd", "cascaded"]),
     (lambda d: d["teachers"][0]["source"].update(onnx={"file": "x"}),
-     ("teachers", 0, "source", "onnx"), ["Extra inputs"]),
+     ("teachers", 0, "source"), ["exactly one teacher source", "train, onnx"]),
     (lambda d: d["teachers"][0]["source"]["train"]["arch"].update(trunk=[8]),
      ("teachers", 0, "source", "train", "arch"), ["either 'trunk' or 'hidden'"]),
     (lambda d: d["teachers"].append(dict(d["teachers"][0])), ("teachers",), ["duplicate teacher"]),
@@ -153,6 +156,7 @@ def test_per_task_overrides_and_fixed_weights():
 def test_catalog_is_plain_json():
     listed = json.loads(json.dumps(catalog()))
     assert listed["datasets"]["digits-mt"]["tasks"]["large"]["kind"] == "binary"
-    assert set(listed["strategies"]) == {"task_kd"}
-    assert set(listed["weighting_methods"]) == {"equal", "fixed"}
+    assert set(listed["strategies"]) == {"task_kd", "feature_kd", "cascaded", "transfer"}
+    assert set(listed["teacher_sources"]) == {"train", "weights", "onnx", "outputs"}
+    assert set(listed["weighting_methods"]) == {"equal", "fixed", "uncertainty", "dwa", "gradnorm"}
     assert "mlp" in listed["architectures"]

@@ -136,6 +136,9 @@ def _check_splits(splits: DatasetSplits, *, name: str) -> None:
             raise TrainingError(code="invalid_data",
                                 message=f"dataset '{name}': {split} inputs contain NaN or inf")
         for task, y in targets.items():
+            if y.is_floating_point() and not torch.isfinite(y).all():
+                raise TrainingError(code="invalid_data", message=f"dataset '{name}': {split} "
+                                    f"targets of '{task}' contain NaN or inf")
             if len(y) != len(x):
                 raise TrainingError(code="invalid_data", message=f"dataset '{name}': {split} "
                                     f"targets of '{task}' do not align with the inputs")

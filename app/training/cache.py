@@ -1,0 +1,76 @@
+"""Teacher-output cache: teacher logits/features stored on disk under a content-addressed key.
+
+The key hashes the teacher's identity (weights or file bytes), the inputs it ran on and the
+preprocessing, so a later job with the same teacher and data reuses the outputs without running
+the teacher. Each entry is a directory of .npy files (written atomically as a whole); files above
+`memmap_bytes` are memory-mapped when read instead of loaded.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PREPROCESSING = "float32-rows-v1"  # bump when the way inputs reach a teacher changes
+MEMMAP_BYTES = 64 << 20
+
+Tensors = dict[str, torch.Tensor]
+
+
+def tensor_sha256(*tensors: torch.Tensor) -> str:
+    """Return the sha256 of the tensors' shapes, dtypes and bytes."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def cache_key(*, teacher_identity: str, inputs_sha256: dict[str, str], extra: str = "") -> str:
+    """Return the entry key for a teacher run over named input splits."""
+    payload = json.dumps({"teacher": teacher_identity, "inputs": inputs_sha256,
+                          "preprocessing": PREPROCESSING, "extra": extra}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class TeacherOutputCache:
+    """Directory of cache entries: <directory>/<key>/<tensor name>.npy."""
+
+    def __init__(self, directory: Path, *, memmap_bytes: int = MEMMAP_BYTES) -> None:
+        self.directory = Path(directory)
+        self.memmap_bytes = memmap_bytes
+
+    def get(self, key: str) -> Tensors | None:
+        """Return the stored tensors of `key`, or None when there is no complete entry."""
+        entry = self.directory / key
+        if not (entry / "index.json").exists():
+            return None
+        names = json.loads((entry / "index.json").read_text())
+        tensors = {}
+        for index, name in enumerate(names):
+            path = entry / f"{index}.npy"
+            # "c" (copy-on-write) maps the file and still gives torch a writable array.
+            mode = "c" if path.stat().st_size > self.memmap_bytes else None
+            tensors[name] = torch.from_numpy(np.load(path, mmap_mode=mode, allow_pickle=False))
+        return tensors
+
+    def put(self, key: str, tensors: Tensors) -> None:
+        """Store the tensors under `key`; a concurrent writer of the same key is harmless."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        names = list(tensors)
+        for index, name in enumerate(names):  # file names by index: task names stay out of paths
+            np.save(tmp / f"{index}.npy", tensors[name].detach().cpu().float().numpy(),
+                    allow_pickle=False)
+        (tmp / "index.json").write_text(json.dumps(names))
+        try:
+            os.replace(tmp, self.directory / key)
+        except OSError:  # another job stored the same key first: its entry is identical
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""results.json and metrics.csv: what a finished job reports, and the artifacts it writes."""
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from app.training.checkpoint import atomic_path
+from app.training.datasets.registry import DatasetSplits
+from app.training.evaluate import (PRIMARY_METRICS, all_task_metrics, compare_tasks, cpu_latency_us,
+                                   predict)
+from app.training.export import write_onnx, write_safetensors, write_student_config
+from app.training.models import count_params
+from app.training.strategies import StagePlan
+from app.training.target_scaling import TargetScale
+from app.training.teacher_targets import SoftTargets
+from app.training.teachers import ModelTeacher, OnnxTeacher
+
+if TYPE_CHECKING:
+    from app.training.loop import Result, _Run
+
+
+def history_row(plan: StagePlan, epoch: int, seconds: float, metrics: dict[str, float],
+                losses: dict[str, float]) -> dict[str, Any]:
+    """Return one metrics.csv row: stage, epoch, seconds, primary metric per task, loss terms."""
+    row: dict[str, Any] = {"stage": plan.name, "epoch": epoch, "seconds": round(seconds, 4)}
+    for task in plan.tasks:
+        row[f"{task.name}.{PRIMARY_METRICS[task.kind][0]}"] = metrics[task.name]
+    # learned task weights keep their own name ("weight.<task>"); loss terms get "loss."
+    row.update({name if name.startswith("weight.") else f"loss.{name}": value
+                for name, value in losses.items()})
+    return row
+
+
+def teacher_latency_us(teachers: Sequence[Any], x: torch.Tensor, *, repeats: int = 5) -> float | None:
+    """Return the CPU time per row to run every teacher that runs (precomputed ones do not)."""
+    models = [t.model for t in teachers if isinstance(t, ModelTeacher)]
+    total = cpu_latency_us(models, x) if models else 0.0
+    sessions = [t for t in teachers if isinstance(t, OnnxTeacher)]
+    for teacher in sessions:
+        teacher.outputs(x)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            teacher.outputs(x)
+            best = min(best, time.perf_counter() - start)
+        total += best / len(x) * 1e6
+    return round(total, 3) if models or sessions else None
+
+
+def write_results(*, run: "_Run", plans: list[StagePlan], models: dict[str, nn.Module],
+                  teachers: list[Any], data: DatasetSplits, scales: dict[str, TargetScale],
+                  teacher_test: SoftTargets, cache_status: dict[str, str], job_id: str | None,
+                  sha: str, rows: dict[str, int]) -> "Result":
+    """Export the student, write metrics.csv and results.json; return the Result."""
+    from app.training.loop import Result
+
+    spec = run.spec
+    out = run.workdir / "artifacts"
+    out.mkdir(exist_ok=True)
+    student = models["student"]
+    artifacts = [write_student_config(arch=spec.student, tasks=spec.tasks,
+                                      input_shape=data.input_shape, directory=out)]
+    if "safetensors" in spec.export:
+        artifacts.append(write_safetensors(student, directory=out))
+    if "onnx" in spec.export:
+        artifacts.append(write_onnx(student, task_names=[task.name for task in spec.tasks],
+                                    input_shape=data.input_shape, directory=out))
+    artifacts.append(_write_metrics_csv(run.state["history"], out / "metrics.csv"))
+
+    def metrics_of(model: nn.Module) -> dict[str, dict[str, float | None]]:
+        return all_task_metrics(predict(model, data.x_test), data.y_test, spec.tasks, scales=scales)
+
+    covered = [task for task in spec.tasks if task.name in teacher_test.logits]
+    teacher = all_task_metrics(teacher_test.logits, data.y_test, covered, scales=scales)
+    teacher.update({task.name: None for task in spec.tasks if task.name not in teacher})
+    params = {t.name: teacher_obj.params for t, teacher_obj in zip(spec.teachers, teachers)}
+    finished = run.state["finished"]
+    results = {
+        "job_id": job_id,
+        "spec_sha256": sha,
+        "tasks": compare_tasks(spec.tasks, student=metrics_of(student), teacher=teacher,
+                               baseline=metrics_of(models["baseline"]) if "baseline" in models
+                               else None),
+        "params": {
+            "teacher": sum(count for count in params.values() if count is not None),
+            "student": count_params(student),
+            "teachers": params,  # None: precomputed outputs, size unknown
+        },
+        "stages": [{"name": plan.name, "epochs": plan.epochs,
+                    "seconds": round(finished[plan.name]["seconds"], 3)} for plan in plans],
+        "timing": {"total_seconds": 0.0},
+        "latency_us_per_sample": {  # CPU, whole test split per call; teacher = all teachers
+            "teacher": teacher_latency_us(teachers, data.x_test),
+            "student": round(cpu_latency_us([student], data.x_test), 3),
+        },
+        "teacher_cache": cache_status,  # per teacher: hit, miss or precomputed
+        "rows": rows,  # train rows, how many kept labels, transfer rows
+        "device": run.device.type,
+    }
+    results["timing"]["total_seconds"] = round(run.elapsed(), 3)
+    results_path = out / "results.json"
+    with atomic_path(results_path) as tmp:
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+    return Result(results=results, artifacts=[results_path, *artifacts])
+
+
+def _write_metrics_csv(history: list[dict[str, Any]], path: Path) -> Path:
+    columns: dict[str, None] = {}  # insertion-ordered union of the rows' keys
+    for row in history:
+        columns.update(dict.fromkeys(row))
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(history)
+    return path

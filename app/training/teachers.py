@@ -1,0 +1,205 @@
+"""Teacher sources: zoo models (trained in the job or loaded from safetensors), ONNX, precomputed.
+
+Every teacher answers `outputs(x) -> TeacherOutputs` (logits per task, optional trunk features)
+and names an `identity` for the output cache. Files are found through a FileResolver, so the
+uploads API can map its file ids to paths without the engine knowing about HTTP.
+"""
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.training.cache import tensor_sha256
+from app.training.errors import TrainingError
+from app.training.models import build_model, count_params, output_size
+from app.training.spec import OnnxSourceSpec, OutputsSourceSpec, TaskSpec, WeightsSourceSpec
+
+Tensors = dict[str, torch.Tensor]
+PREDICT_BATCH = 4096
+
+
+class FileResolver(Protocol):
+    """Turn a spec's file reference (a path now, an uploaded file id later) into a local path."""
+
+    def resolve(self, ref: str) -> Path: ...
+
+
+class LocalFileResolver:
+    """Resolve references as local paths, relative ones against `base`."""
+
+    def __init__(self, base: Path | None = None) -> None:
+        self.base = Path.cwd() if base is None else Path(base)
+
+    def resolve(self, ref: str) -> Path:
+        """Return the existing file `ref` names, or raise a file_not_found TrainingError."""
+        path = Path(ref) if Path(ref).is_absolute() else self.base / ref
+        if not path.is_file():
+            raise TrainingError(code="file_not_found", message=f"teacher file '{ref}' not found")
+        return path
+
+
+@dataclass
+class TeacherOutputs:
+    """A teacher's outputs on some rows."""
+
+    logits: Tensors  # task -> (n, output_size)
+    features: torch.Tensor | None  # (n, feature_width) trunk features, if the teacher has them
+
+    def as_tensors(self) -> Tensors:
+        """Return a flat name -> tensor dict (what the cache stores)."""
+        flat = {f"logits.{task}": z for task, z in self.logits.items()}
+        if self.features is not None:
+            flat["features"] = self.features
+        return flat
+
+    @classmethod
+    def from_tensors(cls, flat: Tensors) -> "TeacherOutputs":
+        """Rebuild from as_tensors()."""
+        logits = {name.removeprefix("logits."): z for name, z in flat.items()
+                  if name.startswith("logits.")}
+        return cls(logits=logits, features=flat.get("features"))
+
+    def rows(self, index: torch.Tensor | slice) -> "TeacherOutputs":
+        """Return the outputs of the given rows."""
+        return TeacherOutputs(logits={task: z[index] for task, z in self.logits.items()},
+                              features=None if self.features is None else self.features[index])
+
+
+class ModelTeacher:
+    """A zoo model teacher (trained in the job or loaded from safetensors)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self.params: int | None = count_params(model)
+        self.identity = "zoo:" + tensor_sha256(*model.state_dict().values())
+
+    @torch.no_grad()
+    def outputs(self, x: torch.Tensor) -> TeacherOutputs:
+        """Run the model over x in batches; features come from the trunk tap."""
+        logits, features = [], []
+        for start in range(0, len(x), PREDICT_BATCH):
+            chunk_logits, taps = self.model.forward_features(x[start:start + PREDICT_BATCH])
+            logits.append({task: z.float() for task, z in chunk_logits.items()})
+            features.append(taps["trunk"].flatten(1).float())  # (batch, width)
+        return TeacherOutputs(logits={task: torch.cat([c[task] for c in logits]) for task in logits[0]},
+                              features=torch.cat(features))
+
+
+def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec],
+                         input_shape: Sequence[int], resolver: FileResolver,
+                         name: str) -> ModelTeacher:
+    """Build the zoo architecture and load its safetensors weights (never pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolver.resolve(source.file)
+    model = build_model(source.arch, input_shape=input_shape, tasks=tasks)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (SafetensorError, RuntimeError, OSError) as error:
+        raise TrainingError(code="teacher_mismatch", message=(
+            f"teacher '{name}': weights in '{source.file}' do not fit the declared architecture "
+            f"and tasks: {str(error).splitlines()[0][:300]}")) from None
+    return ModelTeacher(model)
+
+
+class OnnxTeacher:
+    """An ONNX model run with onnxruntime on the CPU."""
+
+    def __init__(self, source: OnnxSourceSpec, *, tasks: Sequence[TaskSpec], resolver: FileResolver,
+                 name: str) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        path = resolver.resolve(source.file)
+        self.source, self.tasks, self.name = source, list(tasks), name
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            graph = onnx.load(str(path), load_external_data=False).graph
+        except Exception as error:  # onnxruntime raises its own types for a bad file
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{name}': '{source.file}' is not a readable ONNX model: "
+                f"{str(error).splitlines()[0][:300]}")) from None
+        self.params = int(sum(np.prod(init.dims) for init in graph.initializer))
+        self.identity = "onnx:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        self.input_name = self.session.get_inputs()[0].name
+        names = [output.name for output in self.session.get_outputs()]
+        wanted = [t.name for t in self.tasks] if source.outputs == "by_task" else []
+        missing = [n for n in [*wanted, *([source.features] if source.features else [])]
+                   if n not in names]
+        if missing:
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{name}': ONNX outputs {names} lack {missing}"))
+        logit_outputs = [n for n in names if n != source.features]
+        self.output_names = wanted or logit_outputs[:1]
+
+    def outputs(self, x: torch.Tensor) -> TeacherOutputs:
+        """Run the session over x in batches and split the outputs per task."""
+        logits: list[Tensors] = []
+        features: list[torch.Tensor] = []
+        fetch = self.output_names + ([self.source.features] if self.source.features else [])
+        for start in range(0, len(x), PREDICT_BATCH):
+            chunk = x[start:start + PREDICT_BATCH].detach().cpu().float().numpy()
+            values = [torch.from_numpy(np.asarray(v, dtype=np.float32)).reshape(len(chunk), -1)
+                      for v in self.session.run(fetch, {self.input_name: chunk})]
+            if self.source.features:
+                features.append(values.pop())
+            logits.append(self._per_task(values))
+        joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in self.tasks}
+        return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
+                              features=torch.cat(features).to(x.device) if features else None)
+
+    def _per_task(self, values: list[torch.Tensor]) -> Tensors:
+        sizes = [output_size(task) for task in self.tasks]
+        if self.source.outputs == "concatenated":
+            if values[0].shape[1] != sum(sizes):
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': concatenated ONNX output has width "
+                    f"{values[0].shape[1]}, its tasks need {sum(sizes)} ({sizes})"))
+            values = list(values[0].split(sizes, dim=1))
+        for task, size, value in zip(self.tasks, sizes, values):
+            if value.shape[1] != size:
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': ONNX output '{task.name}' has width "
+                    f"{value.shape[1]}, task needs {size}"))
+        return {task.name: value for task, value in zip(self.tasks, values)}
+
+
+class PrecomputedTeacher:
+    """Teacher outputs read from an NPZ: `<split>.<task>` logits and `<split>.features`."""
+
+    params = None
+    identity = None  # nothing to compute, nothing to cache
+
+    def __init__(self, source: OutputsSourceSpec, *, tasks: Sequence[TaskSpec],
+                 rows: dict[str, int], resolver: FileResolver, name: str) -> None:
+        path = resolver.resolve(source.file)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: npz[key] for key in npz.files}
+        except (ValueError, OSError) as error:
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{name}': '{source.file}' is not an NPZ without pickles: {error}")) from None
+        self.splits: dict[str, TeacherOutputs] = {}
+        for split, n_rows in rows.items():
+            wanted = {task.name: (f"{split}.{task.name}", output_size(task)) for task in tasks}
+            if source.features:
+                wanted["features"] = (f"{split}.features", None)
+            found = {}
+            for key, (array_name, width) in wanted.items():
+                array = arrays.get(array_name)
+                if array is None or array.ndim != 2 or len(array) != n_rows or (
+                        width is not None and array.shape[1] != width):
+                    shape = None if array is None else list(array.shape)
+                    raise TrainingError(code="teacher_mismatch", message=(
+                        f"teacher '{name}': '{source.file}' needs array '{array_name}' of shape "
+                        f"[{n_rows}, {width or 'width'}] (got {shape})"))
+                found[key] = torch.from_numpy(array.astype(np.float32))
+            features = found.pop("features", None)
+            self.splits[split] = TeacherOutputs(logits=found, features=features)
