@@ -223,9 +223,15 @@ def _load_spec_file(path: Path) -> dict[str, Any]:
 
 @cli.command()
 def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
-          out: Annotated[Path, typer.Option("--out", help="where the artifacts go")] = Path("out")) -> None:
+          out: Annotated[Path, typer.Option("--out", help="where the artifacts go")] = Path("out"),
+          threads: Annotated[int | None, typer.Option(help="torch threads (default: all cores)")] = None) -> None:
     """Run a spec in this process, no server: same artifacts as a job."""
     from pydantic import ValidationError
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     from app.training.loop import train as run_training
     from app.training.spec import JobSpec

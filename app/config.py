@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None  # e.g. http://minio:9000; unset for AWS itself
     s3_region: str = "us-east-1"
     s3_prefix: str = "artifacts/"
+    # torch intra-op threads per worker process; unset = torch's default (all cores). On a machine
+    # shared with other processes 1 can be far faster (oversubscribed cores thrash).
+    torch_threads: int | None = Field(default=None, ge=1)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_attempts: int = Field(default=3, ge=1)

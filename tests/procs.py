@@ -18,6 +18,7 @@ FAST_LEASES = {
     "DISTILLERY_HEARTBEAT_SECONDS": "0.5",
     "DISTILLERY_STALE_AFTER_SECONDS": "4",
     "DISTILLERY_REAP_INTERVAL_SECONDS": "1",
+    "DISTILLERY_TORCH_THREADS": "1",  # the suite runs several processes on few cores
 }
 
 

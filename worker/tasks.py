@@ -135,6 +135,11 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
     from app.training.loop import TrainingCancelled, TrainingError, train
     from app.training.spec import JobSpec
 
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     db_url = settings.resolved_database_url
     if _worker_shutting_down():

@@ -13,6 +13,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,8 +31,24 @@ ONNX_INPUT = "x"
 ONNX_OPSET = 17
 
 
+def answer_in_original_units(model: nn.Module, scales: dict[str, dict[str, float]]) -> nn.Module:
+    """Make `model` map standardised regression outputs back to the task's units: y = z * std + mean.
+
+    Regression heads train on standardised targets; the exported student (ONNX and load_student)
+    answers in the original units. A forward hook does it, so the state_dict keeps its keys.
+    """
+    if scales:
+        affine = {task: (float(s["mean"]), float(s["std"])) for task, s in scales.items()}
+
+        def to_original(_module: nn.Module, _inputs: Any, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {task: z * affine[task][1] + affine[task][0] if task in affine else z for task, z in logits.items()}
+
+        model.register_forward_hook(to_original)
+    return model
+
+
 def write_student_config(*, arch: ArchSpec, tasks: Sequence[TaskSpec], input_shape: Sequence[int],
-                         directory: Path) -> Path:
+                         directory: Path, target_scales: dict[str, Any] | None = None) -> Path:
     """Write student.json: everything load_student needs besides the weights."""
     config = {
         "format_version": FORMAT_VERSION,
@@ -39,6 +56,8 @@ def write_student_config(*, arch: ArchSpec, tasks: Sequence[TaskSpec], input_sha
         "tasks": [task.model_dump(mode="json") for task in tasks],
         "input_shape": list(input_shape),
         "onnx": {"input": ONNX_INPUT, "outputs": [task.name for task in tasks]},
+        # regression tasks: outputs are z * std + mean (already applied by ONNX and load_student)
+        "target_scales": {task: {"mean": s.mean, "std": s.std} for task, s in (target_scales or {}).items()},
     }
     path = directory / CONFIG_NAME
     with atomic_path(path) as tmp:
@@ -69,9 +88,10 @@ class _TupleOutputs(nn.Module):
 
 
 def write_onnx(model: nn.Module, *, task_names: Sequence[str], input_shape: Sequence[int],
-               directory: Path) -> Path:
+               directory: Path, target_scales: dict[str, Any] | None = None) -> Path:
     """Export the model to student.onnx with a dynamic batch axis and outputs named by task."""
-    wrapper = _TupleOutputs(copy.deepcopy(model), task_names).cpu().eval()  # leave `model` be
+    scales = {task: {"mean": s.mean, "std": s.std} for task, s in (target_scales or {}).items()}
+    wrapper = _TupleOutputs(answer_in_original_units(copy.deepcopy(model), scales), task_names).cpu().eval()
     example = torch.zeros(2, *input_shape)
     axes = {name: {0: "batch"} for name in [ONNX_INPUT, *task_names]}
     path = directory / ONNX_NAME
@@ -88,7 +108,8 @@ def load_student(directory: Path | str) -> nn.Module:
     """Rebuild the student from student.json + student.safetensors in `directory`.
 
     Returns the model in eval mode on the CPU; `model(x)` with x of shape
-    (batch, *input_shape) returns {task: logits (batch, num_classes or 1)}.
+    (batch, *input_shape) returns {task: logits (batch, num_classes or 1)}, regression tasks in
+    their original units.
     """
     directory = Path(directory)
     config = json.loads((directory / CONFIG_NAME).read_text())
@@ -97,4 +118,4 @@ def load_student(directory: Path | str) -> nn.Module:
     model = build_model(ArchSpec.model_validate(config["arch"]), input_shape=config["input_shape"],
                         tasks=[TaskSpec.model_validate(task) for task in config["tasks"]])
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
-    return model.eval()
+    return answer_in_original_units(model, config.get("target_scales") or {}).eval()

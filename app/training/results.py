@@ -16,6 +16,7 @@ from app.training.evaluate import (PRIMARY_METRICS, all_task_metrics, compare_ta
                                    predict)
 from app.training.export import write_onnx, write_safetensors, write_student_config
 from app.training.models import count_params
+from app.training.report import write_report
 from app.training.strategies import StagePlan
 from app.training.target_scaling import TargetScale
 from app.training.teacher_targets import SoftTargets
@@ -65,12 +66,12 @@ def write_results(*, run: "_Run", plans: list[StagePlan], models: dict[str, nn.M
     out.mkdir(exist_ok=True)
     student = models["student"]
     artifacts = [write_student_config(arch=spec.student, tasks=spec.tasks,
-                                      input_shape=data.input_shape, directory=out)]
+                                      input_shape=data.input_shape, directory=out, target_scales=scales)]
     if "safetensors" in spec.export:
         artifacts.append(write_safetensors(student, directory=out))
     if "onnx" in spec.export:
         artifacts.append(write_onnx(student, task_names=[task.name for task in spec.tasks],
-                                    input_shape=data.input_shape, directory=out))
+                                    input_shape=data.input_shape, directory=out, target_scales=scales))
     artifacts.append(_write_metrics_csv(run.state["history"], out / "metrics.csv"))
 
     def metrics_of(model: nn.Module) -> dict[str, dict[str, float | None]]:
@@ -107,7 +108,8 @@ def write_results(*, run: "_Run", plans: list[StagePlan], models: dict[str, nn.M
     results_path = out / "results.json"
     with atomic_path(results_path) as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
-    return Result(results=results, artifacts=[results_path, *artifacts])
+    reports = write_report(directory=out, results=results)
+    return Result(results=results, artifacts=[results_path, *artifacts, *reports])
 
 
 def _write_metrics_csv(history: list[dict[str, Any]], path: Path) -> Path:

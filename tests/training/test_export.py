@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnxruntime as ort
 import torch
 
@@ -11,6 +12,8 @@ from app.training.datasets.registry import load_dataset
 from app.training.export import load_student
 from app.training.loop import Result
 from tests.training.conftest import tiny_spec
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_student_json_describes_the_model(tiny_run: tuple[Result, Path]):
@@ -51,3 +54,31 @@ def test_onnx_matches_pytorch_on_the_test_split(tiny_run: tuple[Result, Path]):
             want = expected[name][: len(rows)].numpy()
             assert got.shape == want.shape
             assert np.abs(got - want).max() <= 1e-4
+
+
+def test_regression_student_answers_in_original_units(tmp_path) -> None:  # noqa: ANN001
+    """Heads train on standardised targets; load_student and ONNX give grams, as the metrics do."""
+    import json as _json
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from app.training.loop import train
+    from app.training.spec import JobSpec
+
+    spec = JobSpec.model_validate(_json.loads((EXAMPLES / "kind-regression-penguins.json").read_text()))
+    spec = spec.model_copy(update={"export": ["safetensors", "onnx"]})
+    result = train(spec, tmp_path / "work")
+    out = tmp_path / "work" / "artifacts"
+    student = load_student(out)
+    from app.training.datasets.registry import load_dataset
+
+    data = load_dataset(spec.dataset, tasks=spec.tasks)
+    preds = student(data.x_test)["body_mass"].squeeze(-1).detach()
+    rmse = float(((preds - data.y_test["body_mass"]) ** 2).mean().sqrt())
+    assert 2000 < float(preds.mean()) < 7000  # grams, not standard deviations
+    assert rmse == pytest.approx(result.results["tasks"]["body_mass"]["student"], rel=1e-3)
+    session = ort.InferenceSession(str(out / "student.onnx"))
+    onnx_mass = session.run(["body_mass"], {"x": data.x_test.numpy()})[0].squeeze(-1)
+    assert np.abs(onnx_mass - preds.numpy()).max() < 1e-2  # grams
+    assert {"report.png", "report.html"} <= {p.name for p in result.artifacts}
