@@ -211,6 +211,9 @@ def _console_callbacks():  # noqa: ANN202  (torch is imported only for local tra
             shown = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items())
             console.print(f"  {stage} {epoch}/{epochs}  {progress:6.1%}  {shown}  ({seconds:.2f}s)", highlight=False)
 
+        def on_note(self, *, message: str) -> None:
+            console.print(f"[yellow]data:[/yellow] {message}", highlight=False)
+
     return ConsoleCallbacks()
 
 

@@ -15,6 +15,7 @@ from app.config import Settings, get_settings
 from app.db import session_scope
 from app.queue import RUN_JOB_TASK, enqueue
 from app.services.artifacts import store_outputs
+from app.services.events import add_event
 from app.services.file_refs import TenantFileResolver
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
 from app.training.loop import TrainCallbacks
@@ -93,6 +94,14 @@ class DatabaseCallbacks(TrainCallbacks):
 
     def should_stop(self) -> bool:
         return self.state.should_stop()
+
+    def on_note(self, *, message: str) -> None:
+        def write() -> None:
+            with session_scope(self.settings.resolved_database_url) as db:
+                add_event(db=db, job_id=self.job_id, kind="data_note", data={"message": message})
+                db.commit()
+
+        with_db_retry(write, what=f"data note for job {self.job_id}")
 
 
 def _install_sigterm_handler(state: JobRunState) -> Callable[[], None]:

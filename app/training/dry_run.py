@@ -24,7 +24,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None) -> dict[str,
     Raises TrainingError (code and a message a user can act on) when data or a teacher is unusable.
     """
     resolver = resolver or LocalFileResolver()
-    data = load_dataset(spec.dataset, tasks=spec.tasks)
+    data = load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
     rows = {"train": len(data.x_train), "test": len(data.x_test)}
     teacher_params: dict[str, int | None] = {}

@@ -25,7 +25,7 @@ from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import predict, task_metrics
 from app.training.models import build_model
 from app.training.results import history_row, write_results
-from app.training.spec import DatasetSpec, JobSpec, spec_sha256
+from app.training.spec import ARCH_INPUT_RANKS, DatasetSpec, JobSpec, spec_sha256
 from app.training.strategies import (Batch, StagePlan, plan_stages, stage_coefficients, stage_terms,
                                      trains_trunk_only, uses_features, uses_teachers)
 from app.training.target_scaling import TargetScale, fit_target_scales, standardise_targets
@@ -52,6 +52,9 @@ class TrainCallbacks:
     def should_stop(self) -> bool:
         """Return True to cancel; checked between optimisation steps."""
         return False
+
+    def on_note(self, *, message: str) -> None:
+        """Called with each note about the data (rows dropped, values imputed, labels encoded)."""
 
 
 @dataclass
@@ -117,7 +120,11 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     resolver = resolver or LocalFileResolver()
     sha = spec_sha256(spec)
     device = resolve_device(spec.training.device)
-    data = load_dataset(spec.dataset, tasks=spec.tasks).to(device)
+    data = load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver).to(device)
+    check_input_ranks(spec, data.input_shape)
+    callbacks = callbacks or TrainCallbacks()
+    for note in data.notes:
+        callbacks.on_note(message=note)
     transfer_x = load_transfer_inputs(spec, input_shape=data.input_shape, resolver=resolver,
                                       cache_dir=cache_dir)
     state = load_checkpoint(workdir, spec_sha256=sha) or new_checkpoint(spec_sha256=sha)
@@ -171,6 +178,19 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
         rows={"train": len(data.x_train),
               "labelled": len(data.x_train) if labelled is None else int(labelled.sum()),
               "transfer": 0 if transfer_x is None else len(transfer_x)})
+
+
+def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...]) -> None:
+    """An uploaded dataset's shape is known only now: check every zoo architecture accepts it."""
+    archs = [("student", spec.student)] + [
+        (f"teachers[{i}]", t.source.train.arch if t.source.train else t.source.weights.arch)
+        for i, t in enumerate(spec.teachers) if t.source.train or t.source.weights]
+    for where, arch in archs:
+        ranks = ARCH_INPUT_RANKS.get(arch.type)
+        if ranks is not None and len(input_shape) not in ranks:
+            raise TrainingError(code="invalid_data", message=(
+                f"{where}: {arch.type} takes inputs of rank {' or '.join(map(str, ranks))}; "
+                f"the dataset's inputs have shape {list(input_shape)}"))
 
 
 def resolve_device(name: str) -> torch.device:

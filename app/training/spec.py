@@ -98,15 +98,44 @@ def _error(kind: str, message: str) -> PydanticCustomError:
     return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
 
 
-class DatasetSpec(_Strict):
-    """Where the rows come from: a built-in dataset (file uploads will join as another source)."""
+def _unset(value: Any) -> bool:
+    return value is None
 
-    builtin: str
+
+class DatasetSpec(_Strict):
+    """Where the rows come from: a built-in dataset, or an uploaded file (NPZ, CSV or Parquet).
+
+    Files: NPZ holds `x` and `y_<task>` arrays (optional `split`); a table maps each task to a
+    column (`targets`, default: the column named after the task; multilabel: a list of columns),
+    its features are `features` (default: every other column), and `split_column` may fix the split.
+    """
+
+    # Only the fields given are stored (a built-in spec keeps its original form and sha256).
+    builtin: str | None = Field(default=None, exclude_if=_unset)
+    file: FileRef | None = Field(default=None, exclude_if=_unset)
+    format: Literal["npz", "csv", "parquet"] | None = Field(default=None, exclude_if=_unset)
+    targets: dict[str, str | list[str]] | None = Field(default=None, exclude_if=_unset)
+    features: list[str] | None = Field(default=None, exclude_if=_unset, min_length=1)
+    split_column: str | None = Field(default=None, exclude_if=_unset)
+    # Tables: numeric features are standardised with train statistics unless this is false (set it
+    # false when an uploaded teacher expects the raw feature values).
+    standardize: bool | None = Field(default=None, exclude_if=_unset)
 
     @field_validator("builtin")
     @classmethod
-    def _known_builtin(cls, name: str) -> str:
-        return _known_dataset(name)
+    def _known_builtin(cls, name: str | None) -> str | None:
+        return None if name is None else _known_dataset(name)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if (self.builtin is None) == (self.file is None):
+            raise _error("dataset_source", "dataset: give exactly one of 'builtin' or 'file'")
+        if self.file is not None and self.format is None:
+            raise _error("dataset_format", "dataset.format: say how to read the file: npz, csv or parquet")
+        table_only = [f for f in ("targets", "features", "split_column", "standardize") if getattr(self, f) is not None]
+        if table_only and self.format != "csv" and self.format != "parquet":
+            raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
+        return self
 
 
 def _known_dataset(name: str) -> str:
@@ -379,6 +408,12 @@ class JobSpec(_Strict):
         dataset = info.data.get("dataset")
         if dataset is None:  # the dataset itself failed validation
             return tasks
+        if dataset.builtin is None:  # an uploaded file: its columns are checked when it is read
+            unknown = sorted(set(dataset.targets or {}) - set(names))
+            if unknown:
+                raise _error("unknown_task", f"dataset.targets: unknown task(s) {', '.join(unknown)} "
+                                             f"(tasks: {', '.join(names)})")
+            return tasks
         offered = BUILTIN_DATASETS[dataset.builtin]["tasks"]
         for index, task in enumerate(tasks):
             meta = offered.get(task.name)
@@ -422,7 +457,7 @@ class JobSpec(_Strict):
         dataset = info.data.get("dataset")
         for index, teacher in enumerate(teachers):
             source = teacher.source.train
-            if dataset is not None and source is not None and source.dataset is not None:
+            if dataset is not None and dataset.builtin and source is not None and source.dataset is not None:
                 _check_source_domain(source.dataset, dataset.builtin, teacher, tasks, index)
         return teachers
 
@@ -431,7 +466,7 @@ class JobSpec(_Strict):
     def _teacher_archs_fit_inputs(cls, teachers: list[TeacherSpec],
                                   info: ValidationInfo) -> list[TeacherSpec]:
         dataset = info.data.get("dataset")
-        for index, teacher in enumerate(teachers if dataset is not None else []):
+        for index, teacher in enumerate(teachers if dataset is not None and dataset.builtin else []):
             source, path = teacher.source, f"teachers[{index}].source"
             if source.train is not None:
                 _check_arch_inputs(source.train.arch, source.train.dataset or dataset.builtin,
@@ -480,7 +515,7 @@ class JobSpec(_Strict):
     @classmethod
     def _student_fits_inputs(cls, student: ArchSpec, info: ValidationInfo) -> ArchSpec:
         dataset = info.data.get("dataset")
-        if dataset is not None:
+        if dataset is not None and dataset.builtin:  # a file's shape is checked when it is read
             _check_arch_inputs(student, dataset.builtin, "student")
         return student
 
@@ -513,12 +548,12 @@ class JobSpec(_Strict):
         if transfer_set is None:
             return None
         dataset, teachers = info.data.get("dataset"), info.data.get("teachers") or []
-        if transfer_set.generate is not None and dataset is not None and not BUILTIN_DATASETS[
-                dataset.builtin].get("transfer_generator"):
+        if transfer_set.generate is not None and dataset is not None and not (
+                dataset.builtin and BUILTIN_DATASETS[dataset.builtin].get("transfer_generator")):
             generating = sorted(name for name, meta in BUILTIN_DATASETS.items()
                                 if meta.get("transfer_generator"))
             raise _error("no_generator", (
-                f"transfer_set.generate: dataset '{dataset.builtin}' cannot generate new samples "
+                f"transfer_set.generate: dataset '{dataset.builtin or dataset.file}' cannot generate new samples "
                 f"(datasets that can: {', '.join(generating) or 'none'}); give a 'file' instead"))
         for index, teacher in enumerate(teachers):
             if teacher.source.kind == "outputs":

@@ -4,7 +4,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -93,8 +93,10 @@ def load_builtin(name: str) -> DatasetSplits:
     return splits
 
 
-def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec]) -> DatasetSplits:
-    """Load a dataset and keep the targets of the spec's tasks only."""
+def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: Any = None) -> DatasetSplits:
+    """Load a dataset (built-in, or an uploaded file through `resolver`) with the spec's tasks only."""
+    if spec.file is not None:
+        return _load_file(spec, tasks=tasks, resolver=resolver)
     splits = load_builtin(spec.builtin)
     names = [task.name for task in tasks]
     return DatasetSplits(
@@ -103,6 +105,28 @@ def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec]) -> DatasetSplits:
         y_test={name: splits.y_test[name] for name in names},
         notes=splits.notes,
     )
+
+
+def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: Any) -> DatasetSplits:
+    from app.training.datasets.uploaded import load_npz_dataset, load_table_dataset
+
+    if resolver is None:
+        from app.training.teachers import LocalFileResolver
+
+        resolver = LocalFileResolver()
+    path = resolver.resolve(spec.file)
+    try:
+        if spec.format == "npz":
+            return load_npz_dataset(path, tasks=tasks)
+        targets = {task.name: (spec.targets or {}).get(task.name, task.name) for task in tasks}
+        return load_table_dataset(path, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
+                                  split_column=spec.split_column, standardize=spec.standardize is not False)
+    except TrainingError:
+        raise
+    except Exception as exc:  # pandas/numpy parse errors: say what the file is, not where it broke
+        raise TrainingError(code="invalid_data", message=(
+            f"dataset file {spec.file} could not be read as {spec.format}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}")) from exc
 
 
 def generate_transfer_set(name: str, n: int, seed: int, *,

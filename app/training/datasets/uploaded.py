@@ -3,7 +3,8 @@
 Rules (documented in docs/datasets.md, "Your own data"):
 - Split: a `split` array/column ("train"/"test" or 0/1) when given; otherwise a fixed 80/20 split
   (random_state 0, stratified on the first classification task when every class has 2+ rows).
-- Tables: numeric feature columns are standardised with train mean/std; other feature columns are
+- Tables: numeric feature columns are standardised with train mean/std (unless `standardize` is
+  false: then they pass as they are, for teachers trained on raw values); other feature columns are
   categorical and one-hot encoded with the categories seen in train (sorted; an unseen category is
   all zeros). Labels: multiclass/binary from integers 0..K-1 as they are, otherwise the sorted
   distinct values map to 0..K-1 (binary: the second value is 1); multilabel from a list of 0/1
@@ -114,7 +115,8 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
 
 
 def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
-                       features: list[str] | None, split_column: str | None) -> DatasetSplits:
+                       features: list[str] | None, split_column: str | None,
+                       standardize: bool = True) -> DatasetSplits:
     """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns)."""
     import pandas as pd
 
@@ -146,8 +148,10 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
             if gaps.any():
                 values[gaps] = np.nanmedian(values[~is_test])
                 notes.append(f"feature '{name}': {int(gaps.sum())} missing values set to the train median")
-            mean, std = values[~is_test].mean(), values[~is_test].std()
-            columns.append(((values - mean) / (std if std > 0 else 1.0))[:, None])
+            if standardize:
+                mean, std = values[~is_test].mean(), values[~is_test].std()
+                values = (values - mean) / (std if std > 0 else 1.0)
+            columns.append(values[:, None])
         else:
             text = col.astype("string").fillna("<missing>").to_numpy()
             categories = sorted(set(text[~is_test]))
