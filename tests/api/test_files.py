@@ -69,8 +69,8 @@ def test_good_files_of_every_purpose_are_accepted(client: TestClient, auth: dict
 
         assert body["sha256"] == hashlib.sha256(content).hexdigest()
         ids.append(body["id"])
-        stored = settings.files_dir / next(iter(settings.files_dir.iterdir())).name / body["id"]
-        assert stored.read_bytes() == content
+        stored = [p for p in settings.files_dir.glob(f"*/{body['id']}")]
+        assert len(stored) == 1 and stored[0].read_bytes() == content
     assert client.get("/v1/files", headers=auth).json()["data"][0]["id"] == ids[-1]
     assert client.get("/v1/files", params={"purpose": "teacher_onnx"}, headers=auth).json()["data"][0]["id"] == ids[4]
     onnx_meta = client.get(f"/v1/files/{ids[4]}", headers=auth).json()["meta"]
