@@ -356,6 +356,24 @@ def events(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f", h
 
 
 @cli.command()
+def validate(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
+             url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
+    """Dry-run a spec on the server: files, cross-references, one batch through every model."""
+    with _client(url, api_key) as client:
+        body = client.validate(_load_spec_file(spec_path))
+    summary = body["summary"]
+    params = summary["params"]
+    console.print(f"[green]valid[/green]  spec sha256 {body['spec_sha256'][:16]}…", highlight=False)
+    ratio = summary.get("compression_ratio")
+    console.print(f"params: teachers {params['teacher']}, student {params['student']}"
+                  + (f", compression {ratio}x" if ratio else ""), highlight=False)
+    for stage in summary["stages"]:
+        console.print(f"  {stage['name']}: {stage['epochs']} epochs x {stage['steps_per_epoch']} steps "
+                      f"(batch {stage['batch_size']})", highlight=False)
+    console.print(f"teacher cache ~{summary['teacher_cache_bytes_estimate'] / 1e6:.1f} MB", highlight=False)
+
+
+@cli.command()
 def status(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Show a job's status and progress."""
     with _client(url, api_key) as client:

@@ -74,6 +74,10 @@ class Client:
         key = idempotency_key or uuid.uuid4().hex  # a retried submit must not make a second job
         return self._request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}).json()
 
+    def validate(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Dry-run a spec: its stored form, sha256 and a summary; raises ApiError (422) when invalid."""
+        return self._request("POST", "/v1/jobs/validate", json=spec).json()
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{job_id}").json()
 

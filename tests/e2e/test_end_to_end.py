@@ -84,6 +84,12 @@ def _cli_walk_through(url: str, key: str, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, capture_output=True,
                               text=True, timeout=240, cwd=tmp_path)
 
+    checked = cli("validate", str(spec))
+    assert checked.returncode == 0 and "valid" in checked.stdout and "student:" not in checked.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(tiny_spec(training={"epochs": 0})))
+    refused_spec = cli("validate", str(bad))
+    assert refused_spec.returncode == 1 and "body.training.epochs" in refused_spec.stdout
     submitted = cli("submit", str(spec), "--wait")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     assert "succeeded" in submitted.stdout and "teacher vs student vs baseline" in submitted.stdout
