@@ -1,0 +1,137 @@
+"""Engine overhead: student-phase wall time of `distillery train` vs a hand-written KD loop.
+
+    .venv/bin/python -m bench.engine_overhead [--reps 3] [--threads 1] [--job digits mnist1d]
+
+(a) runs `app.training.loop.train` in-process and takes the student stage's seconds from
+results.json "stages"; (b) runs bench/handwritten_kd.py on the same data, student architecture,
+epochs, batch size, lr, T and alpha, with the teacher's logits computed once (untimed). Teacher
+stages are trained once (epochs kept small: only the student phase is compared). The two sides
+run interleaved, `--reps` times each; prints medians and the ratio (a)/(b).
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.training.datasets.registry import generate_transfer_set, load_dataset
+from app.training.loop import train
+from app.training.models import build_model
+from app.training.spec import JobSpec
+from bench import handwritten_kd as hw
+
+DIGITS = {
+    "name": "overhead-digits", "dataset": {"builtin": "digits-mt"},
+    "tasks": [{"name": "digit", "kind": "multiclass", "num_classes": 10},
+              {"name": "parity", "kind": "multiclass", "num_classes": 2},
+              {"name": "large", "kind": "binary"}],
+    "teachers": [{"name": "t", "tasks": ["digit", "parity", "large"],
+                  "source": {"train": {"arch": {"type": "mlp", "hidden": [512, 512]}, "epochs": 5}}}],
+    "student": {"type": "mlp", "trunk": [64], "head": [32]},
+    "distillation": {"strategy": "task_kd", "temperature": 4.0, "alpha": 0.5},
+    "weighting": {"method": "equal"},
+    "training": {"epochs": 40, "batch_size": 128, "lr": 0.005, "seed": 0, "device": "cpu"},
+    "baseline": False, "export": []}
+MNIST1D = {
+    "name": "overhead-mnist1d", "dataset": {"builtin": "mnist1d-mt"},
+    "tasks": [{"name": "digit", "kind": "multiclass", "num_classes": 10}],
+    "teachers": [{"name": "cnn", "tasks": ["digit"], "source": {"train": {
+        "arch": {"type": "cnn1d", "channels": [64, 64, 64], "kernel_size": 5, "trunk": [128]},
+        "epochs": 3, "lr": 0.003}}}],
+    "student": {"type": "mlp", "trunk": [100, 100]},
+    "distillation": {"strategy": "task_kd", "temperature": 4.0, "alpha": 0.5},
+    "transfer_set": {"generate": 50000},
+    "weighting": {"method": "equal"},
+    "training": {"epochs": 5, "batch_size": 256, "lr": 0.003, "seed": 0, "device": "cpu"},
+    "baseline": False, "export": []}
+JOBS = {"digits": DIGITS, "mnist1d": MNIST1D}
+
+
+def engine_seconds(spec: dict[str, Any], root: Path, rep: int) -> tuple[float, float, float]:
+    """Run the job in a fresh workdir (teacher outputs cached); return (student s, total s, acc)."""
+    results = train(JobSpec.model_validate(spec), root / f"job-{rep}", cache_dir=root / "cache").results
+    student = [s for s in results["stages"] if s["name"].startswith("student")]
+    return (sum(s["seconds"] for s in student), results["timing"]["total_seconds"],
+            results["tasks"]["digit"]["student"])
+
+
+def handwritten_setup(spec: dict[str, Any], root: Path) -> dict[str, Any]:
+    """Data, teacher logits (teacher trained here, untimed) for the hand-written side."""
+    job = JobSpec.model_validate(spec)
+    data = load_dataset(job.dataset, tasks=list(job.tasks))
+    torch.manual_seed(0)
+    teacher = build_model(job.teachers[0].source.train.arch, input_shape=data.input_shape,
+                          tasks=list(job.tasks))
+    kinds = {t.name: t.kind for t in job.tasks}
+    hw.train_student(teacher, data.x_train, data.y_train,
+                     {k: torch.zeros(len(data.x_train), 1 if v == "binary" else t.num_classes)
+                      for (k, v), t in zip(kinds.items(), job.tasks)},
+                     kinds, None, epochs=job.teachers[0].source.train.epochs, batch_size=128,
+                     lr=0.003, temperature=1.0, alpha=0.0, seed=0)
+    x, y, labelled = data.x_train, data.y_train, None
+    if job.transfer_set is not None:
+        extra = generate_transfer_set(job.dataset.builtin, job.transfer_set.generate,
+                                      job.training.seed, cache_dir=root / "cache" / "transfer-inputs")
+        n = len(extra)
+        x = torch.cat([x, extra])
+        y = {k: torch.cat([v, v.new_zeros((n, *v.shape[1:]))]) for k, v in y.items()}
+        labelled = torch.cat([torch.ones(len(data.x_train), dtype=torch.bool),
+                              torch.zeros(n, dtype=torch.bool)])
+    return {"job": job, "data": data, "x": x, "y": y, "labelled": labelled, "kinds": kinds,
+            "soft": hw.teacher_logits(teacher, x)}
+
+
+def handwritten_seconds(setup: dict[str, Any]) -> tuple[float, float]:
+    """Train a fresh student by hand; return (student s, test accuracy on digit)."""
+    job = setup["job"]
+    torch.manual_seed(job.training.seed)
+    student = build_model(job.student, input_shape=setup["data"].input_shape, tasks=list(job.tasks))
+    seconds = hw.train_student(
+        student, setup["x"], setup["y"], setup["soft"], setup["kinds"], setup["labelled"],
+        epochs=job.training.epochs, batch_size=job.training.batch_size, lr=job.training.lr,
+        temperature=job.distillation.temperature, alpha=job.distillation.alpha,
+        seed=job.training.seed)
+    return seconds, hw.accuracy(student, setup["data"].x_test, setup["data"].y_test["digit"], "digit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--job", nargs="+", default=list(JOBS), choices=list(JOBS))
+    parser.add_argument("--epochs", type=int, default=None, help="override student epochs")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    report = {}
+    for name in args.job:
+        spec = json.loads(json.dumps(JOBS[name]))
+        if args.epochs:
+            spec["training"]["epochs"] = args.epochs
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            engine_seconds(spec, root, -1)  # warm-up: trains the teacher, fills the cache
+            setup = handwritten_setup(spec, root)
+            a, b, acc_a, acc_b, totals = [], [], [], [], []
+            for rep in range(args.reps):  # interleaved
+                sa, total, acc = engine_seconds(spec, root, rep)
+                sb, accb = handwritten_seconds(setup)
+                a.append(sa); b.append(sb); totals.append(total); acc_a.append(acc); acc_b.append(accb)
+                print(f"{name} rep {rep}: engine {sa:.2f}s  hand {sb:.2f}s  ratio {sa / sb:.3f}",
+                      flush=True)
+        report[name] = {"engine_s": a, "hand_s": b, "engine_total_s": totals,
+                        "median_engine_s": statistics.median(a), "median_hand_s": statistics.median(b),
+                        "ratio_of_medians": statistics.median(a) / statistics.median(b),
+                        "median_ratio": statistics.median(x / y for x, y in zip(a, b)),
+                        "acc_engine": acc_a, "acc_hand": acc_b}
+        print(json.dumps({name: report[name]}, indent=1), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
