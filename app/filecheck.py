@@ -40,6 +40,8 @@ def _check_npz(path: Path, *, purpose: str) -> dict[str, Any]:
         with np.load(path, allow_pickle=False) as npz:
             for key in npz.files:
                 arr = npz[key]
+                if not isinstance(arr, np.ndarray):  # a member that is not an .npy file
+                    raise BadUpload(f"archive member {key!r} is not a .npy array")
                 if arr.dtype == object:
                     raise BadUpload(f"array {key!r} holds Python objects; {PICKLE_HINT}")
                 if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
@@ -47,8 +49,8 @@ def _check_npz(path: Path, *, purpose: str) -> dict[str, Any]:
                 arrays[key] = {"shape": list(arr.shape), "dtype": str(arr.dtype)}
     except BadUpload:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise BadUpload(f"not a readable .npz file: {exc}") from exc
+    except Exception as exc:  # any parse failure of an untrusted archive is the file's fault
+        raise BadUpload(f"not a readable .npz file: {type(exc).__name__}: {exc}") from exc
     if purpose in ("dataset", "transfer_set"):
         if "x" not in arrays:
             raise BadUpload("an .npz dataset needs an array named `x` (the inputs)")

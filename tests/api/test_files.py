@@ -89,6 +89,14 @@ def _traversal_npz() -> bytes:
     return buf.getvalue()
 
 
+def _zip_with(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
 def _npy(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr)
@@ -109,6 +117,8 @@ BROKEN = {
                                  "inputs only"),
     "truncated npz": (lambda p: _truncated_npz(), "dataset", "d.npz", "npz"),
     "archive path traversal": (lambda p: _traversal_npz(), "dataset", "d.npz", "leave the archive"),
+    "member that is not .npy": (lambda p: _zip_with({"x.npy": _npy(np.zeros((3, 2))), "notes.txt": b"hi"}),
+                                "dataset", "d.npz", "not a .npy array"),
     "object array": (lambda p: _npz(x=np.array([{"a": 1}] * 3, dtype=object), y_a=np.zeros(3)), "dataset", "d.npz",
                      "pickle"),
     "CSV with a missing column": (lambda p: b"a,b,c\n1,2,3\n4,5\n", "dataset", "d.csv", "line 3"),

@@ -26,7 +26,7 @@ def test_no_server_errors_and_responses_match_the_schema(settings: Settings) -> 
 
     for operation in operations:
         @given(case=operation.as_strategy())
-        @hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None,
+        @hypothesis_settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, database=None, derandomize=True,
                              suppress_health_check=list(HealthCheck))
         def check(case) -> None:  # noqa: ANN001
             # A job spec has cross-reference rules (a teacher's tasks must exist, ...) that JSON
