@@ -25,7 +25,7 @@ from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import predict, task_metrics
 from app.training.models import build_model
 from app.training.results import history_row, write_results
-from app.training.spec import ARCH_INPUT_RANKS, DatasetSpec, JobSpec, spec_sha256
+from app.training.spec import DatasetSpec, JobSpec, input_rank_problem, spec_sha256
 from app.training.strategies import (Batch, StagePlan, plan_stages, stage_coefficients, stage_terms,
                                      trains_trunk_only, uses_features, uses_teachers)
 from app.training.target_scaling import TargetScale, fit_target_scales, standardise_targets
@@ -186,11 +186,10 @@ def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...]) -> None:
         (f"teachers[{i}]", t.source.train.arch if t.source.train else t.source.weights.arch)
         for i, t in enumerate(spec.teachers) if t.source.train or t.source.weights]
     for where, arch in archs:
-        ranks = ARCH_INPUT_RANKS.get(arch.type)
-        if ranks is not None and len(input_shape) not in ranks:
+        problem = input_rank_problem(arch, input_shape)
+        if problem:
             raise TrainingError(code="invalid_data", message=(
-                f"{where}: {arch.type} takes inputs of rank {' or '.join(map(str, ranks))}; "
-                f"the dataset's inputs have shape {list(input_shape)}"))
+                f"{where}: {problem}; the dataset's inputs have shape {list(input_shape)}"))
 
 
 def resolve_device(name: str) -> torch.device:

@@ -603,14 +603,20 @@ def _check_source_domain(source: str, target: str, teacher: "TeacherSpec",
                 f" outputs (available: {', '.join(meta['tasks'])})"))
 
 
-def _check_arch_inputs(arch: ArchSpec, dataset: str, path: str) -> None:
-    """Check that an architecture accepts the dataset's input shape."""
-    shape = BUILTIN_DATASETS[dataset]["input_shape"]
+def input_rank_problem(arch: ArchSpec, shape: Any) -> str | None:
+    """Say why an architecture cannot take inputs of this shape, or None when it can."""
     ranks = ARCH_INPUT_RANKS.get(arch.type)
     if ranks is not None and len(shape) not in ranks:
-        raise _error("arch_input_mismatch", (
-            f"{path}.type: {arch.type} takes inputs of rank {' or '.join(map(str, ranks))}; "
-            f"dataset '{dataset}' has inputs {shape}"))
+        return f"{arch.type} takes inputs of rank {' or '.join(map(str, ranks))}"
+    return None
+
+
+def _check_arch_inputs(arch: ArchSpec, dataset: str, path: str) -> None:
+    """Check that an architecture accepts a built-in dataset's input shape."""
+    shape = BUILTIN_DATASETS[dataset]["input_shape"]
+    problem = input_rank_problem(arch, shape)
+    if problem:
+        raise _error("arch_input_mismatch", f"{path}.type: {problem}; dataset '{dataset}' has inputs {shape}")
 
 
 def _check_task_keys(mapping: dict[str, Any], info: ValidationInfo, path: str) -> None:

@@ -70,3 +70,19 @@ def test_npz_with_split_and_missing_target_array(tmp_path: Path) -> None:
     assert torch.equal(data.x_test, torch.from_numpy(x[24:]))
     with pytest.raises(TrainingError, match="no `y_mass`"):
         load_npz_dataset(tmp_path / "d.npz", tasks=[SPECIES, MASS])
+
+
+def test_a_file_whose_shape_the_student_cannot_take_fails_with_invalid_data(tmp_path: Path) -> None:
+    from app.training.loop import train
+    from app.training.spec import JobSpec
+
+    np.savez(tmp_path / "d.npz", x=np.random.rand(40, 5).astype("float32"), y_species=np.arange(40) % 3)
+    spec = JobSpec.model_validate({
+        "name": "rank", "dataset": {"file": str(tmp_path / "d.npz"), "format": "npz"},
+        "tasks": [{"name": "species", "kind": "multiclass", "num_classes": 3}],
+        "teachers": [{"name": "t", "tasks": ["species"], "source": {"train": {"arch": {"type": "mlp", "trunk": [8]},
+                                                                              "epochs": 1}}}],
+        "student": {"type": "cnn2d", "trunk": [8]}, "training": {"epochs": 1}})
+    with pytest.raises(TrainingError, match="student: cnn2d takes inputs of rank 2 or 3; the dataset's inputs have shape \\[5\\]") as err:
+        train(spec, tmp_path / "work")
+    assert err.value.code == "invalid_data"
