@@ -6,20 +6,24 @@
 results.json "stages"; (b) runs bench/handwritten_kd.py on the same data, student architecture,
 epochs, batch size, lr, T and alpha, with the teacher's logits computed once (untimed). Teacher
 stages are trained once (epochs kept small: only the student phase is compared). The two sides
-run interleaved, `--reps` times each; prints medians and the ratio (a)/(b).
+run interleaved, `--reps` times each; prints medians and the ratio (a)/(b). Because the machine
+is shared, each side's process CPU seconds (all threads, so the engine's checkpoint writer counts)
+are reported beside the wall seconds: from the student stage's start to its last epoch's end (a),
+around the hand-written loop (b).
 """
 
 import argparse
 import json
 import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from app.training.datasets.registry import generate_transfer_set, load_dataset
-from app.training.loop import train
+from app.training.loop import TrainCallbacks, train
 from app.training.models import build_model
 from app.training.spec import JobSpec
 from bench import handwritten_kd as hw
@@ -51,12 +55,30 @@ MNIST1D = {
 JOBS = {"digits": DIGITS, "mnist1d": MNIST1D}
 
 
-def engine_seconds(spec: dict[str, Any], root: Path, rep: int) -> tuple[float, float, float]:
-    """Run the job in a fresh workdir (teacher outputs cached); return (student s, total s, acc)."""
-    results = train(JobSpec.model_validate(spec), root / f"job-{rep}", cache_dir=root / "cache").results
+class StudentCpu(TrainCallbacks):
+    """Process CPU seconds from the student stage's start to the end of its last epoch."""
+
+    def __init__(self) -> None:
+        self.started = self.ended = 0.0
+
+    def on_stage_start(self, *, stage: str, epochs: int) -> None:
+        if stage == "student":
+            self.started = time.process_time()
+
+    def on_epoch_end(self, *, stage: str, epoch: int, epochs: int, **_: Any) -> None:
+        if stage == "student" and epoch == epochs:
+            self.ended = time.process_time()
+
+
+def engine_seconds(spec: dict[str, Any], root: Path, rep: int) -> tuple[float, float, float, float]:
+    """Run the job in a fresh workdir (teacher outputs cached); return (student s, total s, acc,
+    student CPU s)."""
+    cpu = StudentCpu()
+    results = train(JobSpec.model_validate(spec), root / f"job-{rep}", cache_dir=root / "cache",
+                    callbacks=cpu).results
     student = [s for s in results["stages"] if s["name"].startswith("student")]
     return (sum(s["seconds"] for s in student), results["timing"]["total_seconds"],
-            results["tasks"]["digit"]["student"])
+            results["tasks"]["digit"]["student"], cpu.ended - cpu.started)
 
 
 def handwritten_setup(spec: dict[str, Any], root: Path) -> dict[str, Any]:
@@ -85,17 +107,19 @@ def handwritten_setup(spec: dict[str, Any], root: Path) -> dict[str, Any]:
             "soft": hw.teacher_logits(teacher, x)}
 
 
-def handwritten_seconds(setup: dict[str, Any]) -> tuple[float, float]:
-    """Train a fresh student by hand; return (student s, test accuracy on digit)."""
+def handwritten_seconds(setup: dict[str, Any]) -> tuple[float, float, float]:
+    """Train a fresh student by hand; return (student s, test accuracy on digit, CPU s)."""
     job = setup["job"]
     torch.manual_seed(job.training.seed)
     student = build_model(job.student, input_shape=setup["data"].input_shape, tasks=list(job.tasks))
+    cpu_started = time.process_time()
     seconds = hw.train_student(
         student, setup["x"], setup["y"], setup["soft"], setup["kinds"], setup["labelled"],
         epochs=job.training.epochs, batch_size=job.training.batch_size, lr=job.training.lr,
         temperature=job.distillation.temperature, alpha=job.distillation.alpha,
         seed=job.training.seed)
-    return seconds, hw.accuracy(student, setup["data"].x_test, setup["data"].y_test["digit"], "digit")
+    cpu = time.process_time() - cpu_started
+    return seconds, hw.accuracy(student, setup["data"].x_test, setup["data"].y_test["digit"], "digit"), cpu
 
 
 def main() -> None:
@@ -116,17 +140,20 @@ def main() -> None:
             root = Path(tmp)
             engine_seconds(spec, root, -1)  # warm-up: trains the teacher, fills the cache
             setup = handwritten_setup(spec, root)
-            a, b, acc_a, acc_b, totals = [], [], [], [], []
+            a, b, acc_a, acc_b, totals, cpu_a, cpu_b = [], [], [], [], [], [], []
             for rep in range(args.reps):  # interleaved
-                sa, total, acc = engine_seconds(spec, root, rep)
-                sb, accb = handwritten_seconds(setup)
+                sa, total, acc, ca = engine_seconds(spec, root, rep)
+                sb, accb, cb = handwritten_seconds(setup)
                 a.append(sa); b.append(sb); totals.append(total); acc_a.append(acc); acc_b.append(accb)
-                print(f"{name} rep {rep}: engine {sa:.2f}s  hand {sb:.2f}s  ratio {sa / sb:.3f}",
-                      flush=True)
+                cpu_a.append(ca); cpu_b.append(cb)
+                print(f"{name} rep {rep}: engine {sa:.2f}s  hand {sb:.2f}s  ratio {sa / sb:.3f}  "
+                      f"(CPU {ca:.2f}s / {cb:.2f}s = {ca / cb:.3f})", flush=True)
         report[name] = {"engine_s": a, "hand_s": b, "engine_total_s": totals,
                         "median_engine_s": statistics.median(a), "median_hand_s": statistics.median(b),
                         "ratio_of_medians": statistics.median(a) / statistics.median(b),
                         "median_ratio": statistics.median(x / y for x, y in zip(a, b)),
+                        "cpu_engine_s": cpu_a, "cpu_hand_s": cpu_b,
+                        "cpu_ratio_of_medians": statistics.median(cpu_a) / statistics.median(cpu_b),
                         "acc_engine": acc_a, "acc_hand": acc_b}
         print(json.dumps({name: report[name]}, indent=1), flush=True)
     if args.out:

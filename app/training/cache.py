@@ -44,6 +44,7 @@ class TeacherOutputCache:
     def __init__(self, directory: Path, *, memmap_bytes: int = MEMMAP_BYTES) -> None:
         self.directory = Path(directory)
         self.memmap_bytes = memmap_bytes
+        self.mapped: set[str] = set()  # keys whose entries get() returned memory-mapped
 
     def get(self, key: str) -> Tensors | None:
         """Return the stored tensors of `key`, or None when there is no complete entry."""
@@ -56,6 +57,8 @@ class TeacherOutputCache:
             path = entry / f"{index}.npy"
             # "c" (copy-on-write) maps the file and still gives torch a writable array.
             mode = "c" if path.stat().st_size > self.memmap_bytes else None
+            if mode:
+                self.mapped.add(key)
             tensors[name] = torch.from_numpy(np.load(path, mmap_mode=mode, allow_pickle=False))
         return tensors
 

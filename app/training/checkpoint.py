@@ -1,7 +1,10 @@
 """Atomic full-state checkpoints: one plain dict in workdir/checkpoint.pt, replaced each epoch.
 
+The loop serialises each epoch's state synchronously (into memory) and a `CheckpointWriter`
+writes, fsyncs and renames it in a background thread, so the next epoch trains meanwhile.
+
 Layout (all torch-serialisable with weights_only=True):
-    {"format": 1, "spec_sha256": str, "elapsed": float,
+    {"format": 3, "spec_sha256": str, "elapsed": float,
      "finished": {stage: {"model": state_dict, "adaptors": state_dict, "weighting": state_dict,
                           "epochs": int, "seconds": float}},
      "current": None | {"stage", "epoch", "seconds", "model", "adaptors", "weighting",
@@ -9,20 +12,24 @@ Layout (all torch-serialisable with weights_only=True):
 "adaptors" are the stage's feature-distillation adaptors (empty for stages without them);
 "weighting" is the stage's task-weighting state (learned weights, DWA loss history, GradNorm's
 initial losses; empty for equal/fixed weighting).
-     "history": [metrics.csv rows so far]}
+     "history": JSON text of [metrics.csv rows so far] (a list again once loaded)}
 """
 
+import io
+import json
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FORMAT = 2  # 2: stages also keep their feature adaptors
+FORMAT = 3  # 2: stages also keep their feature adaptors; 3: "history" is a JSON string
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +53,68 @@ def new_checkpoint(*, spec_sha256: str) -> dict[str, Any]:
             "finished": {}, "current": None, "history": []}
 
 
+def _write_atomically(data: memoryview, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def save_checkpoint(state: dict[str, Any], workdir: Path) -> None:
     """Write the checkpoint atomically: a reader sees the old or the new file, never half."""
     with atomic_path(workdir / CHECKPOINT_NAME) as tmp:
-        torch.save(state, tmp)
+        torch.save(_on_disk(state), tmp)
+
+
+def _on_disk(state: dict[str, Any]) -> dict[str, Any]:
+    """Return the state with its history as one JSON string: pickling thousands of small
+    objects every epoch (rows x columns, growing with the epochs) cost more than the tensors."""
+    return {**state, "history": json.dumps(state["history"])}
+
+
+class CheckpointWriter:
+    """Serialise each epoch's state in the caller's thread; write it to disk in a background one.
+
+    `torch.save` into memory takes a few ms and holds the GIL, so it runs where it cannot stall
+    the training thread (measured: in a writer thread it did, through GIL hand-offs); the file
+    write, fsync and rename release the GIL and run in the background. `submit` waits for the
+    previous write first (writes land in order, at most one in flight) and re-raises its error in
+    the caller's thread; `wait` runs at stage end and when the block exits, normally or by an
+    exception, so the last state is on disk.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending: Future[None] | None = None
+
+    def submit(self, state: dict[str, Any]) -> None:
+        """Serialise `state` now (later changes to it are not saved) and queue the write."""
+        buffer = io.BytesIO()
+        torch.save(_on_disk(state), buffer)
+        self.wait()
+        self._pending = self._executor.submit(_write_atomically, buffer.getbuffer(),
+                                              self.workdir / CHECKPOINT_NAME)
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; raise its error here."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def __enter__(self) -> "CheckpointWriter":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        try:
+            if error is None:
+                self.wait()
+            else:  # the block's error wins; a failed write only costs the last epoch
+                try:
+                    self.wait()
+                except Exception as write_error:
+                    log.warning("checkpoint write failed while handling %r: %s", error, write_error)
+        finally:
+            self._executor.shutdown(wait=True)
 
 
 def load_checkpoint(workdir: Path, *, spec_sha256: str) -> dict[str, Any] | None:
@@ -65,7 +130,7 @@ def load_checkpoint(workdir: Path, *, spec_sha256: str) -> dict[str, Any] | None
     if state.get("format") != FORMAT or state.get("spec_sha256") != spec_sha256:
         log.warning("ignoring checkpoint %s: it belongs to another spec or format", path)
         return None
-    return state
+    return {**state, "history": json.loads(state["history"])}
 
 
 def capture_rng(batches: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:

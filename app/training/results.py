@@ -103,6 +103,7 @@ def write_results(*, run: "_Run", plans: list[StagePlan], models: dict[str, nn.M
         "teacher_cache": cache_status,  # per teacher: hit, miss or precomputed
         "rows": rows,  # train rows, how many kept labels, transfer rows
         "device": run.device.type,
+        "data_placement": run.placements,  # stage -> "device" | "stream" (stages trained by this call)
     }
     results["timing"]["total_seconds"] = round(run.elapsed(), 3)
     results_path = out / "results.json"

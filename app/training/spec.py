@@ -380,6 +380,10 @@ class TrainingSpec(_Strict):
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
+    # Where training rows live: all on the device (index slices) or streamed by a DataLoader.
+    data_placement: Literal["auto", "device", "stream"] = "auto"
+    loader_workers: int = Field(default=0, ge=0, le=32)  # DataLoader processes ("stream" only)
+    compile: bool = False  # torch.compile the student's forward
 
 
 class JobSpec(_Strict):

@@ -2,7 +2,7 @@
 output cache) over the training, test and transfer inputs, and averaged per task.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,10 +37,14 @@ class SoftTargets:
     logits: Tensors  # task -> (n, out), mean over the teachers of the task
     features: Tensors  # teacher name -> (n, width)
 
-    def rows(self, index: torch.Tensor) -> "SoftTargets":
-        """Return the targets of the given rows."""
-        return SoftTargets(logits={task: z[index] for task, z in self.logits.items()},
-                           features={name: f[index] for name, f in self.features.items()})
+    def rows(self, index: torch.Tensor, *, tasks: Collection[str] | None = None,
+             features: bool = True) -> "SoftTargets":
+        """Return the targets of the given rows: the logits of `tasks` (None: all), the features
+        only when asked (a stage without feature terms would gather (n, width) per batch for nothing).
+        """
+        return SoftTargets(
+            logits={task: z[index] for task, z in self.logits.items() if tasks is None or task in tasks},
+            features={name: f[index] for name, f in self.features.items()} if features else {})
 
 
 def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | None,
@@ -76,22 +80,46 @@ def split_outputs(teacher: Teacher | PrecomputedTeacher, splits: dict[str, torch
             {name.removeprefix(f"{split}/"): t for name, t in stored.items()
              if name.startswith(f"{split}/")}) for split in splits}
         return outputs, True
-    outputs = {split: teacher.outputs(x) for split, x in splits.items()}
+    outputs = {split: _outputs_on_model_device(teacher, x) for split, x in splits.items()}
     cache.put(key, {f"{split}/{name}": t for split, out in outputs.items()
                     for name, t in out.as_tensors().items()})
     return outputs, False
 
 
+def _outputs_on_model_device(teacher: Teacher, x: torch.Tensor, *,
+                             chunk: int = 1 << 16) -> TeacherOutputs:
+    """Run the teacher over x; CPU rows of a streamed job go to a device model chunk by chunk
+    and the outputs come back to the CPU, so the split never has to fit on the device at once."""
+    model = getattr(teacher, "model", None)
+    parameter = next(model.parameters(), None) if isinstance(model, nn.Module) else None
+    if parameter is None or parameter.device == x.device:
+        return teacher.outputs(x)
+    parts = [teacher.outputs(x[start:start + chunk].to(parameter.device))
+             for start in range(0, len(x), chunk)]
+    return TeacherOutputs(
+        logits={task: torch.cat([p.logits[task].to(x.device) for p in parts]) for task in parts[0].logits},
+        features=None if parts[0].features is None else torch.cat([p.features.to(x.device) for p in parts]))
+
+
 def average_targets(spec: JobSpec, outputs: Sequence[TeacherOutputs], *,
-                    device: torch.device) -> SoftTargets:
-    """Average the logits of the teachers sharing a task; keep each teacher's features."""
+                    device: torch.device | None = None) -> SoftTargets:
+    """Average the logits of the teachers sharing a task; keep each teacher's features.
+
+    A task with one teacher keeps that teacher's tensor as it is (no stack, no copy: a
+    memory-mapped cache entry stays mapped); `device` None leaves the tensors where they are.
+    """
+    def placed(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if device is None else tensor.to(device)
+
     logits = {}
     for task in spec.tasks:
         mine = [out.logits[task.name] for teacher, out in zip(spec.teachers, outputs)
                 if task.name in teacher.tasks]
-        if mine:
-            logits[task.name] = torch.stack(mine).mean(dim=0).to(device)
-    features = {teacher.name: out.features.to(device)
+        if len(mine) == 1:
+            logits[task.name] = placed(mine[0])
+        elif mine:
+            logits[task.name] = placed(torch.stack(mine).mean(dim=0))  # (n, out)
+    features = {teacher.name: placed(out.features)
                 for teacher, out in zip(spec.teachers, outputs) if out.features is not None}
     return SoftTargets(logits=logits, features=features)
 
