@@ -4,8 +4,8 @@ import hashlib
 import hmac
 import secrets
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, contains_eager
 
 from app.db import utcnow
 from app.models import ApiKey, Tenant
@@ -51,10 +51,17 @@ def register_api_key(*, db: Session, tenant_name: str, plain_key: str, key_name:
     return row
 
 
+# Built once: every request runs it, and building + cache-keying a fresh select cost ~8 % of a status
+# request's CPU in the profile. The tenant comes in the same query (no lazy load afterwards).
+_ACTIVE_KEY_BY_HASH = (select(ApiKey).join(ApiKey.tenant).options(contains_eager(ApiKey.tenant))
+                       .where(ApiKey.key_sha256 == bindparam("digest"), ApiKey.revoked_at.is_(None)))
+
+
 def authenticate_key(*, db: Session, plain_key: str) -> ApiKey | None:
-    """Return the active key row (with its tenant), or None."""
+    """Return the active key row with its tenant loaded, or None."""
     digest = hash_key(plain_key)
-    row = db.scalar(select(ApiKey).where(ApiKey.key_sha256 == digest, ApiKey.revoked_at.is_(None)))
+    # Not cached: a revoked key must fail on the very next request, so every call asks the database.
+    row = db.scalar(_ACTIVE_KEY_BY_HASH, {"digest": digest})
     # The lookup is by hash; the constant-time compare keeps the final check free of timing leaks.
     if row is None or not hmac.compare_digest(row.key_sha256, digest):
         return None

@@ -2,6 +2,13 @@
 the API's resident memory when idle (and whether torch is loaded in it).
 
     .venv/bin/python bench/api_ratio.py [--clients 50] [--seconds 20] [--rounds 3] [--backend postgres|embedded]
+                                        [--rate-limit 100000/minute]
+
+Besides requests/s it reports each server's CPU time per request (utime + stime of the server process
+over the round / requests served): the load generator shares the cores, so req/s moves with the
+machine's load, while CPU per request is what the server's code costs.
+The per-key rate limit is off by default (the recorded baseline ran so); ``--rate-limit`` turns it on
+with a limit the load stays under, so its cost is counted too.
 """
 
 import argparse
@@ -21,6 +28,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._stack import ROOT, _free_port, stack  # noqa: E402
 from bench.load_status import percentile  # noqa: E402
 from tests.conftest import tiny_spec  # noqa: E402
+
+
+def cpu_seconds(pid: int) -> float:
+    """Return utime + stime of a process (fields 14 and 15 of /proc/<pid>/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, url: str, headers: dict, clients: int, seconds: float) -> tuple[float, list[float], int, float]:
+    """Run one round; return req/s, latencies, errors and the server's CPU ms per request."""
+    cpu0 = cpu_seconds(pid)
+    rps, latencies, errors = asyncio.run(hammer(url, headers, clients, seconds))
+    return rps, latencies, errors, 1000 * (cpu_seconds(pid) - cpu0) / max(1, len(latencies))
 
 
 async def hammer(url: str, headers: dict, clients: int, seconds: float) -> tuple[float, list[float], int]:
@@ -61,9 +81,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--backend", choices=["postgres", "embedded"], default="postgres")
+    parser.add_argument("--rate-limit", default="", help="per-key limit for the run, e.g. 100000/minute; "
+                                                         "empty (default) turns the limiter off")
     args = parser.parse_args()
-    env = {"DISTILLERY_RATE_LIMIT": "", "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000"}
-    report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds}
+    env = {"DISTILLERY_RATE_LIMIT": args.rate_limit, "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000"}
+    report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds,
+                    "rate_limit": args.rate_limit or "off"}
     with stack(backend=args.backend, worker=False, extra_env=env) as s:
         headers = {"Authorization": f"Bearer {s.key}"}
         api_pid = s.api_pid
@@ -83,21 +106,27 @@ def main() -> None:
                                  "--log-level", "warning"], cwd=ROOT, start_new_session=True, env=s.env)
         try:
             time.sleep(3)
-            status_rps, bare_rps, p50s, p99s = [], [], [], []
+            status_rps, bare_rps, p50s, p99s, status_cpu, bare_cpu = [], [], [], [], [], []
             for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
-                rps, lat, errors = asyncio.run(hammer(f"{s.url}/v1/jobs/{job['id']}", headers, args.clients, args.seconds))
+                rps, lat, errors, cpu_ms = measured(api_pid, f"{s.url}/v1/jobs/{job['id']}", headers, args.clients,
+                                                    args.seconds)
                 assert errors == 0
                 status_rps.append(rps)
+                status_cpu.append(cpu_ms)
                 p50s.append(statistics.median(lat))
                 p99s.append(percentile(lat, 0.99))
-                rps, _, _ = asyncio.run(hammer(f"http://127.0.0.1:{port}/bare", {}, args.clients, args.seconds))
+                rps, _, _, cpu_ms = measured(bare.pid, f"http://127.0.0.1:{port}/bare", {}, args.clients, args.seconds)
                 bare_rps.append(rps)
+                bare_cpu.append(cpu_ms)
         finally:
             os.killpg(bare.pid, signal.SIGTERM)
         report.update(
             status_rps_median=round(statistics.median(status_rps), 1), bare_rps_median=round(statistics.median(bare_rps), 1),
             ratio_median=round(statistics.median(s_ / b_ for s_, b_ in zip(status_rps, bare_rps)), 3),
             status_p50_ms=round(1000 * statistics.median(p50s), 1), status_p99_ms=round(1000 * statistics.median(p99s), 1),
+            status_cpu_ms_per_request=round(statistics.median(status_cpu), 3),
+            bare_cpu_ms_per_request=round(statistics.median(bare_cpu), 3),
+            rounds={"status_rps": [round(x, 1) for x in status_rps], "bare_rps": [round(x, 1) for x in bare_rps]},
             api_rss_after_load_mib=round(rss_mib(api_pid), 1))
     print(json.dumps(report, indent=2))
 
