@@ -10,12 +10,15 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+if TYPE_CHECKING:  # the CLI imports the client lazily: `distillery worker` should not pay for it
+    from app.schemas import JobOut
 
 cli = typer.Typer(help="Distillery: multi-task knowledge distillation as a service.", no_args_is_help=True)
 keys_cli = typer.Typer(help="Manage API keys.", no_args_is_help=True)
@@ -296,27 +299,27 @@ def submit(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
     """Submit a job spec to the server."""
     with _client(url, api_key) as client:
         job = client.submit(_load_spec_file(spec_path))
-        console.print(f"job {job['id']} {job['status']}", highlight=False)
+        console.print(f"job {job.id} {job.status}", highlight=False)
         if not wait:
-            print(job["id"])
+            print(job.id)
             return
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>5.1f}%"),
                       TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-            task = bar.add_task(job["status"], total=1.0)
+            task = bar.add_task(job.status, total=1.0)
 
-            def show(j: dict[str, Any]) -> None:
-                m = j.get("metrics") or {}
+            def show(j: "JobOut") -> None:
+                m = j.metrics or {}
                 tail = "  ".join(f"{k}={v:.3f}" for k, v in (m.get("metrics") or {}).items())
                 epoch = f" {m['epoch']}/{m['epochs']}" if m else ""
-                bar.update(task, completed=j["progress"], description=f"{j['status']} {j.get('stage') or ''}{epoch} {tail}")
+                bar.update(task, completed=j.progress, description=f"{j.status} {j.stage or ''}{epoch} {tail}")
 
-            job = client.wait(job["id"], on_update=show)
-        console.print(f"job {job['id']} {job['status']}", highlight=False)
-        if job["status"] == "succeeded":
-            _print_results(client.results(job["id"]))
+            job = client.wait(job.id, on_update=show)
+        console.print(f"job {job.id} {job.status}", highlight=False)
+        if job.status == "succeeded":
+            _print_results(client.results(job.id))
         else:
-            if job.get("error"):
-                console.print(f"[red]{job['error']['code']}[/red]: {job['error']['message']}", highlight=False)
+            if job.error is not None:
+                console.print(f"[red]{job.error.code}[/red]: {job.error.message}", highlight=False)
             raise typer.Exit(1)
 
 
@@ -327,12 +330,12 @@ cli.add_typer(files_cli, name="files")
 @files_cli.command("upload")
 def files_upload(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
                  purpose: Annotated[str, typer.Option(help="dataset | transfer_set | teacher_weights | "
-                                                           "teacher_onnx | teacher_outputs")],
+                                                           "teacher_onnx | teacher_outputs | teacher_torchscript")],
                  url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Upload a file; prints its id (use it in a job spec)."""
     with _client(url, api_key) as client:
         row = client.upload(path, purpose=purpose)
-    console.print(f"{row['id']}  {row['purpose']}  {row['size']} bytes  sha256 {row['sha256'][:12]}…", highlight=False)
+    console.print(f"{row.id}  {row.purpose}  {row.size} bytes  sha256 {row.sha256[:12]}…", highlight=False)
 
 
 @files_cli.command("list")
@@ -341,7 +344,7 @@ def files_list(url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     with _client(url, api_key) as client:
         rows = client.files()
     for row in rows:
-        console.print(f"{row['id']}  {row['purpose']:<16} {row['size']:>12}  {row['filename']}", highlight=False)
+        console.print(f"{row.id}  {row.purpose:<16} {row.size:>12}  {row.filename}", highlight=False)
 
 
 @cli.command()
@@ -350,9 +353,9 @@ def events(job_id: str, follow: Annotated[bool, typer.Option("--follow", "-f", h
            url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Print a job's events (with --follow, live until the job ends)."""
     with _client(url, api_key) as client:
-        stream = client.follow(job_id, after=after) if follow else client.events(job_id, after=after, limit=1000)["data"]
+        stream = client.follow(job_id, after=after) if follow else client.events(job_id, after=after, limit=1000).data
         for event in stream:
-            console.print(f"{event['seq']:>5} {event['kind']:<15} {json.dumps(event['data'])}", highlight=False)
+            console.print(f"{event.seq:>5} {event.kind:<15} {json.dumps(event.data)}", highlight=False)
 
 
 @cli.command()
@@ -361,9 +364,9 @@ def validate(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
     """Dry-run a spec on the server: files, cross-references, one batch through every model."""
     with _client(url, api_key) as client:
         body = client.validate(_load_spec_file(spec_path))
-    summary = body["summary"]
+    summary = body.summary
     params = summary["params"]
-    console.print(f"[green]valid[/green]  spec sha256 {body['spec_sha256'][:16]}…", highlight=False)
+    console.print(f"[green]valid[/green]  spec sha256 {body.spec_sha256[:16]}…", highlight=False)
     ratio = summary.get("compression_ratio")
     console.print(f"params: teachers {params['teacher']}, student {params['student']}"
                   + (f", compression {ratio}x" if ratio else ""), highlight=False)
@@ -377,7 +380,7 @@ def validate(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
 def status(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Show a job's status and progress."""
     with _client(url, api_key) as client:
-        print(json.dumps(client.job(job_id), indent=2))
+        print(client.job(job_id).model_dump_json(indent=2))
 
 
 @cli.command()
@@ -385,7 +388,7 @@ def cancel(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None
     """Cancel a job."""
     with _client(url, api_key) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job_id}: {job['status']}{' (cancel requested)' if job['status'] == 'running' else ''}")
+    console.print(f"job {job_id}: {job.status}{' (cancel requested)' if job.status == 'running' else ''}")
 
 
 @cli.command()

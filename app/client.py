@@ -3,12 +3,14 @@
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 import uuid
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from app.schemas import ArtifactOut, EventList, EventOut, FileList, FileOut, JobOut, ValidationSummary
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
@@ -28,7 +30,11 @@ RETRY_STATUSES = {429, 502, 503, 504}
 
 
 class Client:
-    """Typed calls of the Distillery API; retries 429/5xx and dropped connections with backoff."""
+    """Typed calls of the Distillery API; retries 429/5xx and dropped connections with backoff.
+
+    Answers come back as the API's own response models (``app.schemas``), so a field the server
+    renamed fails here, at parse time, rather than as a KeyError in the caller.
+    """
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0, retries: int = 4,
                  backoff: float = 0.5):
@@ -70,53 +76,58 @@ class Client:
             raise ApiError(response.status_code, problem)
         return response
 
-    def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
+    def submit(self, spec: dict[str, Any], *, idempotency_key: str | None = None) -> JobOut:
+        """Submit a spec (dry-run by the server first; ApiError 422 names the field at fault)."""
         key = idempotency_key or uuid.uuid4().hex  # a retried submit must not make a second job
-        return self._request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}).json()
+        return JobOut.model_validate(self._request("POST", "/v1/jobs", json=spec,
+                                                   headers={"Idempotency-Key": key}).json())
 
-    def validate(self, spec: dict[str, Any]) -> dict[str, Any]:
+    def validate(self, spec: dict[str, Any]) -> ValidationSummary:
         """Dry-run a spec: its stored form, sha256 and a summary; raises ApiError (422) when invalid."""
-        return self._request("POST", "/v1/jobs/validate", json=spec).json()
+        return ValidationSummary.model_validate(self._request("POST", "/v1/jobs/validate", json=spec).json())
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{job_id}").json()
+    def job(self, job_id: str) -> JobOut:
+        return JobOut.model_validate(self._request("GET", f"/v1/jobs/{job_id}").json())
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+    def cancel(self, job_id: str) -> JobOut:
+        return JobOut.model_validate(self._request("POST", f"/v1/jobs/{job_id}/cancel").json())
 
-    def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{job_id}/events", params={"after": after, "limit": limit}).json()
+    def events(self, job_id: str, *, after: int = 0, limit: int = 100) -> EventList:
+        return EventList.model_validate(self._request("GET", f"/v1/jobs/{job_id}/events",
+                                                      params={"after": after, "limit": limit}).json())
 
     def results(self, job_id: str) -> dict[str, Any]:
+        """results.json as written by the worker (the API has no schema for it: it grows with the engine)."""
         return self._request("GET", f"/v1/jobs/{job_id}/results").json()
 
-    def artifacts(self, job_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()
+    def artifacts(self, job_id: str) -> list[ArtifactOut]:
+        return [ArtifactOut.model_validate(a) for a in self._request("GET", f"/v1/jobs/{job_id}/artifacts").json()]
 
-    def wait(self, job_id: str, *, poll: float = 1.0, timeout: float | None = None, on_update: Any = None) -> dict[str, Any]:
+    def wait(self, job_id: str, *, poll: float = 1.0, timeout: float | None = None,
+             on_update: Callable[[JobOut], None] | None = None) -> JobOut:
         """Poll until the job ends; ``on_update(job)`` sees every poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             job = self.job(job_id)
             if on_update is not None:
                 on_update(job)
-            if job["status"] in TERMINAL:
+            if job.status in TERMINAL:
                 return job
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+                raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll)
 
-    def upload(self, path: Path, *, purpose: str) -> dict[str, Any]:
+    def upload(self, path: Path, *, purpose: str) -> FileOut:
         """Upload a dataset, transfer set or teacher file; returns its record (id, sha256, meta)."""
         with path.open("rb") as fh:
-            return self._request("POST", "/v1/files", data={"purpose": purpose},
-                                 files={"file": (path.name, fh)}).json()
+            return FileOut.model_validate(self._request("POST", "/v1/files", data={"purpose": purpose},
+                                                        files={"file": (path.name, fh)}).json())
 
-    def files(self, *, purpose: str | None = None) -> list[dict[str, Any]]:
+    def files(self, *, purpose: str | None = None) -> list[FileOut]:
         params = {"purpose": purpose} if purpose else {}
-        return self._request("GET", "/v1/files", params=params).json()["data"]
+        return FileList.model_validate(self._request("GET", "/v1/files", params=params).json()).data
 
-    def follow(self, job_id: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
+    def follow(self, job_id: str, *, after: int = 0) -> Iterator[EventOut]:
         """Yield the job's events as they happen (SSE), resuming after ``after``; ends with the job."""
         headers = {"Last-Event-ID": str(after)}
         with self._http.stream("GET", f"/v1/jobs/{job_id}/events/stream", headers=headers, timeout=None) as response:
@@ -125,7 +136,7 @@ class Client:
                 raise ApiError(response.status_code, response.json())
             for line in response.iter_lines():
                 if line.startswith("data: "):
-                    yield json.loads(line[6:])
+                    yield EventOut.model_validate(json.loads(line[6:]))
 
     def download(self, job_id: str, name: str, dest: Path, *, sha256: str | None = None) -> Path:
         """Stream one artifact to ``dest`` and check its sha256 against the listing."""
@@ -147,4 +158,4 @@ class Client:
         return dest
 
     def download_all(self, job_id: str, out_dir: Path) -> list[Path]:
-        return [self.download(job_id, a["name"], out_dir / a["name"], sha256=a["sha256"]) for a in self.artifacts(job_id)]
+        return [self.download(job_id, a.name, out_dir / a.name, sha256=a.sha256) for a in self.artifacts(job_id)]

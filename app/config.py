@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
     rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes
     cors_origins: list[str] = []  # CORS stays off unless origins are listed
+    # Specs are dry-run (one batch through every model) in this many spawned validator processes
+    # before a job is accepted, so torch never loads into the API process; a dry run longer than the
+    # timeout is refused with 503 and its process killed.
+    validator_processes: int = Field(default=1, ge=1)
+    # TorchScript teachers (file purpose teacher_torchscript, source "torchscript"): loading one runs
+    # the code inside it in the worker and the validator, so they are refused unless this is on.
+    allow_torchscript: bool = False
+    validator_timeout_seconds: float = Field(default=60.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":

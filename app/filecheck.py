@@ -8,7 +8,9 @@ from typing import Any
 
 from app.uploads import BadUpload
 
-PURPOSES = ("dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs")
+PURPOSES = ("dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs", "teacher_torchscript")
+# Purposes whose files run code when the engine loads them: accepted only where the server allows it.
+CODE_PURPOSES = {"teacher_torchscript": "DISTILLERY_ALLOW_TORCHSCRIPT"}
 PICKLE_HINT = "pickle files (and torch.save checkpoints, which are pickles) run code when loaded and are refused"
 
 
@@ -115,6 +117,33 @@ def _check_safetensors(path: Path) -> dict[str, Any]:
     return {"format": "safetensors", "tensors": {k: {"shape": v["shape"], "dtype": v["dtype"]} for k, v in tensors.items()}}
 
 
+def _check_torchscript(path: Path) -> dict[str, Any]:
+    """A torch.jit.save archive: one top folder with code/, data.pkl and constants.pkl (read as a zip, never loaded).
+
+    A plain torch.save checkpoint has data.pkl but no code/ and no constants.pkl, so it is refused here.
+    """
+    if not zipfile.is_zipfile(path):
+        raise BadUpload(f"a teacher_torchscript must be a torch.jit.save archive (a zip); {PICKLE_HINT}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if archive.testzip() is not None:
+                raise BadUpload("the archive is corrupt (a member fails its CRC check)")
+    except zipfile.BadZipFile as exc:
+        raise BadUpload(f"not a readable zip archive: {exc}") from exc
+    bad = [n for n in names if n.startswith("/") or ".." in n.split("/") or "\\" in n]
+    if bad:
+        raise BadUpload(f"archive member names leave the archive: {bad[:3]}")
+    tops = {n.split("/", 1)[0] for n in names}
+    top = next(iter(tops)) if len(tops) == 1 else None
+    needed = [f"{top}/data.pkl", f"{top}/constants.pkl"]
+    if top is None or any(n not in names for n in needed) or not any(n.startswith(f"{top}/code/") for n in names):
+        raise BadUpload("not a TorchScript archive (torch.jit.save writes one folder with code/, data.pkl and "
+                        f"constants.pkl); torch.save checkpoints are pickles and refused: {PICKLE_HINT}")
+    code = sorted(n[len(top) + 6:] for n in names if n.startswith(f"{top}/code/") and n.endswith(".py"))
+    return {"format": "torchscript", "members": len(names), "code_files": code[:20]}
+
+
 def _check_onnx(path: Path) -> dict[str, Any]:
     import onnx
     from onnx.external_data_helper import uses_external_data
@@ -154,4 +183,6 @@ def check_content(*, path: Path, purpose: str, filename: str) -> dict[str, Any]:
         return _check_safetensors(path)
     if purpose == "teacher_onnx":
         return _check_onnx(path)
+    if purpose == "teacher_torchscript":
+        return _check_torchscript(path)
     raise BadUpload(f"unknown purpose {purpose!r}; one of {', '.join(PURPOSES)}")

@@ -1,5 +1,8 @@
 """FastAPI application factory."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,9 +18,17 @@ Authenticate with `Authorization: Bearer <api key>`. Every error is `application
 """
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    from app.services import validator
+
+    validator.warm(get_settings())  # the spec dry-run process imports torch now, not on the first submit
+    yield
+
+
 def create_app() -> FastAPI:
     """Build the API: routers and problem+json error handlers."""
-    app = FastAPI(title="Distillery", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="Distillery", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
     install_error_handlers(app)
     origins = get_settings().cors_origins
     if origins:  # off unless configured

@@ -120,7 +120,8 @@ class FileOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs"]
+    purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
+                     "teacher_torchscript"]
     filename: str
     size: int
     sha256: str

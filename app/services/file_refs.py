@@ -18,6 +18,7 @@ from app.training.errors import TrainingError
 
 # The key that holds a `"file"` decides what the file must be.
 PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",
+                     "torchscript": "teacher_torchscript",
                      "transfer_set": "transfer_set", "dataset": "dataset"}
 
 
@@ -58,6 +59,7 @@ class TenantFileResolver:
 
     def __init__(self, *, settings: Settings, tenant_id: str):
         self.root = settings.files_dir / tenant_id
+        self.allow_torchscript = settings.allow_torchscript  # the engine reads it here, not from the env
 
     def resolve(self, ref: str) -> Path:
         path = (self.root / ref).resolve()

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, NotFound, QuotaExceeded
-from app.filecheck import PURPOSES, check_content
+from app.filecheck import CODE_PURPOSES, PURPOSES, check_content
 from app.models import File, Job, Tenant
 from app.services.jobs import tenant_usage
 from app.uploads import BadUpload, receive_upload
@@ -30,6 +30,11 @@ async def accept_upload(*, db: Session, tenant: Tenant, content_type: str, chunk
         if purpose not in PURPOSES:
             raise BadUpload(f"purpose must be one of {', '.join(PURPOSES)}",
                             errors=[{"field": "body.purpose", "message": f"got {purpose!r}", "type": "enum"}])
+        if purpose in CODE_PURPOSES and not settings.allow_torchscript:
+            raise BadUpload(f"{purpose} files are TorchScript: loading one runs the code inside it, so the server "
+                            f"refuses them unless {CODE_PURPOSES[purpose]}=true",
+                            errors=[{"field": "body.purpose", "message": f"{purpose} is off on this server",
+                                     "type": "torchscript_disabled"}])
         meta = check_content(path=received.path, purpose=purpose, filename=received.filename)
         row = File(tenant_id=tenant.id, purpose=purpose, filename=received.filename, size=received.size,
                    sha256=received.sha256, meta=meta)

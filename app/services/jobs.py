@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
@@ -14,6 +15,7 @@ from app.config import Settings
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
 from app.models import TERMINAL_STATUSES, Artifact, File, Job, Tenant
 from app.queue import enqueue
+from app.services import validator
 from app.services.file_refs import check_file_refs
 from app.storage import get_store
 from app.services.events import add_event
@@ -27,11 +29,12 @@ def _request_sha(stored_spec: dict[str, Any]) -> str:
 
 
 def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None,
-               limits: Settings | None = None) -> tuple[Job, bool]:
+               limits: Settings | None = None, check: Callable[[], None] | None = None) -> tuple[Job, bool]:
     """Store a queued job (defaults filled in) and commit; return it and whether it is new.
 
     With an ``idempotency_key``, a repeat of the same body returns the first job; a different
-    body under the same key is refused.
+    body under the same key is refused. ``check`` (the dry run) runs after the cheap checks and
+    before the row is written, and not for a replay.
     """
     stored = spec.model_dump(mode="json")
     digest = spec_sha256(spec)
@@ -42,6 +45,8 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     check_file_refs(db=db, tenant=tenant, spec=stored)
     if limits is not None:
         _enforce_caps(db=db, tenant=tenant, limits=limits)
+    if check is not None:
+        check()
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
               idempotency_key=idempotency_key, status="queued", enqueued_at=utcnow())
     db.add(job)
@@ -147,13 +152,37 @@ def request_cancel(*, db: Session, job: Job) -> Job:
     return job
 
 
+def _refuse_code_teachers(spec: JobSpec, settings: Settings) -> None:
+    """A TorchScript teacher runs its own code in the validator and the worker: only where the server allows it."""
+    if settings.allow_torchscript:
+        return
+    fields = [f"body.teachers[{i}].source.torchscript" for i, t in enumerate(spec.teachers)
+              if t.source.torchscript is not None]
+    if fields:
+        message = ("TorchScript teachers run the code inside the file, so this server refuses them; "
+                   "its operator can enable them with DISTILLERY_ALLOW_TORCHSCRIPT=true")
+        raise InvalidRequest(message, errors=[{"field": f, "message": message, "type": "torchscript_disabled"}
+                                              for f in fields])
+
+
 def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, settings: Settings) -> tuple[Job, bool]:
-    """Create the job, then hand it to the broker once the row is committed.
+    """Dry-run the spec, create the job, then hand it to the broker once the row is committed.
+
+    A spec the dry run refuses is a 422 and stores nothing; a replay is not dry-run again.
 
     A replay of a still-queued job sends its message again: a lost message is recovered that way,
     and a duplicate is harmless because a worker must claim the job before running it.
     """
-    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings)
+    def dry_run() -> None:  # in the validator process: the API process stays free of torch
+        validator.dry_run(stored, tenant_id=tenant.id, settings=settings)
+
+    # Before the file checks: "the server refuses TorchScript" is the error to act on (a replay is left alone).
+    if not settings.allow_torchscript and any(t.source.torchscript is not None for t in spec.teachers):
+        if idempotency_key is None or _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key) is None:
+            _refuse_code_teachers(spec, settings)
+    stored = spec.model_dump(mode="json")
+    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings,
+                              check=dry_run)
     if job.status == "queued":
         try:
             enqueue(job.id, settings=settings)
@@ -167,23 +196,11 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
 
 
 async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> "ValidationSummary":
-    """Check the spec's files, then dry-run it in a worker thread (torch is imported only here)."""
-    from starlette.concurrency import run_in_threadpool
-
+    """Check the spec's files, then dry-run it in the validator process (the same checks as a submit)."""
     from app.schemas import ValidationSummary
-    from app.services.file_refs import TenantFileResolver
 
     stored = spec.model_dump(mode="json")
+    _refuse_code_teachers(spec, settings)
     check_file_refs(db=db, tenant=tenant, spec=stored)
-
-    def run() -> dict:
-        from app.training.dry_run import dry_run
-        from app.training.errors import TrainingError
-
-        try:
-            return dry_run(spec, resolver=TenantFileResolver(settings=settings, tenant_id=tenant.id))
-        except TrainingError as exc:
-            raise InvalidRequest(exc.message, errors=[{"field": "body", "message": exc.message, "type": exc.code}]) from exc
-
-    summary = await run_in_threadpool(run)
+    summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)

@@ -2,11 +2,13 @@
 summarise what training would do (no training, nothing written)."""
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from app.training.datasets.registry import load_dataset
+from app.training.datasets.registry import DatasetSplits, load_dataset
 from app.training.errors import TrainingError
 from app.training.models import build_model, count_params, output_size
 from app.training.spec import JobSpec
@@ -17,32 +19,60 @@ from app.training.teachers import FileResolver, LocalFileResolver, PrecomputedTe
 BATCH_ROWS = 8
 FLOAT_BYTES = 4
 
+# Built-in datasets loaded by a long-lived validator process, by (name, task names): they never change,
+# and loading one costs more than the rest of a dry run.
+_BUILTIN_CACHE: dict[tuple[str, tuple[str, ...]], DatasetSplits] = {}
 
-def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None) -> dict[str, Any]:
+
+class DryRunError(TrainingError):
+    """A TrainingError with the spec field it concerns (e.g. ``body.teachers[0]``), for a 422's ``errors``."""
+
+    def __init__(self, *, code: str, message: str, field: str) -> None:
+        super().__init__(code=code, message=message)
+        self.field = field
+
+
+@contextmanager
+def _blame(field: str) -> Iterator[None]:
+    """Re-raise a TrainingError from the block as a DryRunError naming ``field``."""
+    try:
+        yield
+    except DryRunError:
+        raise
+    except TrainingError as exc:
+        raise DryRunError(code=exc.code, message=exc.message, field=field) from exc
+
+
+def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, cache_builtin: bool = False) -> dict[str, Any]:
     """Return params per model, compression ratio, stages, steps per epoch and the teacher-cache size.
 
-    Raises TrainingError (code and a message a user can act on) when data or a teacher is unusable.
+    Raises DryRunError (a TrainingError with a code, a message a user can act on and the spec field
+    at fault) when data or a teacher is unusable. ``cache_builtin`` keeps built-in datasets in memory
+    for the next call (for a process that validates many specs).
     """
     resolver = resolver or LocalFileResolver()
-    data = load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
+    with _blame("body.dataset"):
+        data = _load(spec, resolver=resolver, cache_builtin=cache_builtin)
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
     rows = {"train": len(data.x_train), "test": len(data.x_test)}
     teacher_params: dict[str, int | None] = {}
     with torch.no_grad():
-        for teacher in spec.teachers:
+        for index, teacher in enumerate(spec.teachers):
             tasks = [spec.task(name) for name in teacher.tasks]
-            if teacher.source.train is not None:
-                model = build_model(teacher.source.train.arch, input_shape=data.input_shape, tasks=tasks).eval()
-                _check_outputs(model(batch), tasks, where=f"teachers[{teacher.name}]")
-                teacher_params[teacher.name] = count_params(model)
-                continue
-            built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape, rows=rows,
-                                  resolver=resolver)
-            if not isinstance(built, PrecomputedTeacher):  # precomputed outputs are checked when loaded
-                _check_outputs(built.outputs(batch).logits, tasks, where=f"teachers[{teacher.name}]")
-            teacher_params[teacher.name] = getattr(built, "params", None)
-        student = build_model(spec.student, input_shape=data.input_shape, tasks=list(spec.tasks)).eval()
-        _check_outputs(student(batch), spec.tasks, where="student")
+            with _blame(f"body.teachers[{index}].source"):
+                if teacher.source.train is not None:
+                    model = build_model(teacher.source.train.arch, input_shape=data.input_shape, tasks=tasks).eval()
+                    _check_outputs(model(batch), tasks, where=f"teachers[{teacher.name}]")
+                    teacher_params[teacher.name] = count_params(model)
+                    continue
+                built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape, rows=rows,
+                                      resolver=resolver)
+                if not isinstance(built, PrecomputedTeacher):  # precomputed outputs are checked when loaded
+                    _check_outputs(built.outputs(batch).logits, tasks, where=f"teachers[{teacher.name}]")
+                teacher_params[teacher.name] = getattr(built, "params", None)
+        with _blame("body.student"):
+            student = build_model(spec.student, input_shape=data.input_shape, tasks=list(spec.tasks)).eval()
+            _check_outputs(student(batch), spec.tasks, where="student")
     student_params = count_params(student)
     known = [p for p in teacher_params.values() if p is not None]
     transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0
@@ -61,6 +91,15 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None) -> dict[str,
         "stages": stages,
         "teacher_cache_bytes_estimate": cached_rows * out_width * FLOAT_BYTES * len(spec.teachers),
     }
+
+
+def _load(spec: JobSpec, *, resolver: FileResolver, cache_builtin: bool) -> DatasetSplits:
+    if not cache_builtin or spec.dataset.builtin is None:
+        return load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
+    key = (spec.dataset.builtin, tuple(task.name for task in spec.tasks))
+    if key not in _BUILTIN_CACHE:
+        _BUILTIN_CACHE[key] = load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
+    return _BUILTIN_CACHE[key]
 
 
 def _check_outputs(logits: dict[str, torch.Tensor], tasks: Any, *, where: str) -> None:

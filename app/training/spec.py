@@ -66,6 +66,8 @@ TEACHER_SOURCES: dict[str, str] = {
     "train": "zoo architecture trained inside the job (on the job's dataset or another built-in)",
     "weights": "safetensors file of a zoo architecture",
     "onnx": "ONNX model run with onnxruntime; outputs named after tasks or one concatenated output",
+    "torchscript": ("TorchScript module (torch.jit.load); runs the code inside it, so only accepted when "
+                    "DISTILLERY_ALLOW_TORCHSCRIPT=true; returns a dict keyed by task or one concatenated tensor"),
     "outputs": "NPZ of precomputed logits per task (and optional features) aligned with the rows",
 }
 WEIGHTING_METHODS: dict[str, str] = {
@@ -245,6 +247,19 @@ class OnnxSourceSpec(_Strict):
     features: str | None = None  # name of an output with trunk features (batch, width)
 
 
+class TorchScriptSourceSpec(_Strict):
+    """A TorchScript module (torch.jit.save archive) called on the job's inputs, on the CPU.
+
+    Loading it runs the code it carries: the server accepts it only with DISTILLERY_ALLOW_TORCHSCRIPT=true.
+    """
+
+    file: FileRef
+    # The module returns either a dict with one tensor per task (keyed by task name, plus the
+    # `features` key if given) or one tensor holding every task's logits side by side in the
+    # teacher's task order.
+    features: str | None = None  # key of the returned dict with trunk features (batch, width)
+
+
 class OutputsSourceSpec(_Strict):
     """Precomputed teacher outputs: NPZ with `train.<task>`/`test.<task>` logits (rows aligned)."""
 
@@ -259,6 +274,7 @@ class TeacherSourceSpec(_Strict):
     train: TrainSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
     weights: WeightsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
     onnx: OnnxSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    torchscript: TorchScriptSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
     outputs: OutputsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
@@ -279,6 +295,8 @@ class TeacherSourceSpec(_Strict):
         """Return whether this teacher provides trunk features for feature distillation."""
         if self.onnx is not None:
             return self.onnx.features is not None
+        if self.torchscript is not None:
+            return self.torchscript.features is not None
         if self.outputs is not None:
             return self.outputs.features
         return True  # zoo models tap their trunk

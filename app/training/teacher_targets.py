@@ -16,7 +16,7 @@ from app.training.datasets.registry import generate_transfer_set
 from app.training.errors import TrainingError
 from app.training.spec import JobSpec, TeacherSpec
 from app.training.teachers import (FileResolver, ModelTeacher, OnnxTeacher, PrecomputedTeacher,
-                                   TeacherOutputs, load_weights_teacher)
+                                   TeacherOutputs, TorchScriptTeacher, load_weights_teacher)
 
 Tensors = dict[str, torch.Tensor]
 
@@ -61,6 +61,9 @@ def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | N
                                     resolver=resolver, name=teacher.name)
     if source.onnx is not None:
         return OnnxTeacher(source.onnx, tasks=tasks, resolver=resolver, name=teacher.name)
+    if source.torchscript is not None:
+        return TorchScriptTeacher(source.torchscript, tasks=tasks, resolver=resolver, name=teacher.name,
+                                  allowed=getattr(resolver, "allow_torchscript", False))
     assert source.outputs is not None
     return PrecomputedTeacher(source.outputs, tasks=tasks, rows=rows, resolver=resolver,
                               name=teacher.name)

@@ -1,4 +1,5 @@
-"""Teacher sources: zoo models (trained in the job or loaded from safetensors), ONNX, precomputed.
+"""Teacher sources: zoo models (trained in the job or loaded from safetensors), ONNX, TorchScript
+(only where the caller allows it: loading one runs its code), precomputed.
 
 Every teacher answers `outputs(x) -> TeacherOutputs` (logits per task, optional trunk features)
 and names an `identity` for the output cache. Files are found through a FileResolver, so the
@@ -18,7 +19,7 @@ from torch import nn
 from app.training.cache import tensor_sha256
 from app.training.errors import TrainingError
 from app.training.models import build_model, count_params, output_size
-from app.training.spec import OnnxSourceSpec, OutputsSourceSpec, TaskSpec, WeightsSourceSpec
+from app.training.spec import OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec, WeightsSourceSpec
 
 Tensors = dict[str, torch.Tensor]
 PREDICT_BATCH = 4096
@@ -31,10 +32,14 @@ class FileResolver(Protocol):
 
 
 class LocalFileResolver:
-    """Resolve references as local paths, relative ones against `base`."""
+    """Resolve references as local paths, relative ones against `base`.
 
-    def __init__(self, base: Path | None = None) -> None:
+    ``allow_torchscript`` lets TorchScript teachers load (their code runs in this process).
+    """
+
+    def __init__(self, base: Path | None = None, *, allow_torchscript: bool = False) -> None:
         self.base = Path.cwd() if base is None else Path(base)
+        self.allow_torchscript = allow_torchscript
 
     def resolve(self, ref: str) -> Path:
         """Return the existing file `ref` names, or raise a file_not_found TrainingError."""
@@ -169,6 +174,79 @@ class OnnxTeacher:
                     f"teacher '{self.name}': ONNX output '{task.name}' has width "
                     f"{value.shape[1]}, task needs {size}"))
         return {task.name: value for task, value in zip(self.tasks, values)}
+
+
+class TorchScriptTeacher:
+    """A TorchScript module run on the CPU; ``allowed`` must be True (loading it runs its code)."""
+
+    def __init__(self, source: TorchScriptSourceSpec, *, tasks: Sequence[TaskSpec], resolver: FileResolver,
+                 name: str, allowed: bool) -> None:
+        if not allowed:
+            raise TrainingError(code="torchscript_disabled", message=(
+                f"teacher '{name}': TorchScript teachers run the code inside the file and are off; "
+                "the server enables them with DISTILLERY_ALLOW_TORCHSCRIPT=true"))
+        path = resolver.resolve(source.file)
+        self.source, self.tasks, self.name = source, list(tasks), name
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        except Exception as error:  # torch raises RuntimeError/ValueError for a bad archive
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{name}': '{source.file}' is not a loadable TorchScript module: "
+                f"{str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")) from None
+        self.params = int(sum(p.numel() for p in self.module.parameters()))
+        self.identity = "torchscript:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def outputs(self, x: torch.Tensor) -> TeacherOutputs:
+        """Call the module over x in batches and split its answer per task."""
+        logits: list[Tensors] = []
+        features: list[torch.Tensor] = []
+        with torch.no_grad():
+            for start in range(0, len(x), PREDICT_BATCH):
+                chunk = x[start:start + PREDICT_BATCH].detach().cpu().float()  # (batch, *input_shape)
+                try:
+                    answer = self.module(chunk)
+                except Exception as error:  # a scripted module raises torch.jit.Error and the like
+                    raise TrainingError(code="teacher_mismatch", message=(
+                        f"teacher '{self.name}': the TorchScript module failed on a batch of shape "
+                        f"{tuple(chunk.shape)}: {str(error).splitlines()[-1][:300] if str(error) else ''}")) from None
+                logits.append(self._per_task(answer, rows=len(chunk), features=features))
+        joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in self.tasks}
+        return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
+                              features=torch.cat(features).to(x.device) if features else None)
+
+    def _per_task(self, answer: object, *, rows: int, features: list[torch.Tensor]) -> Tensors:
+        sizes = [output_size(task) for task in self.tasks]
+        if isinstance(answer, torch.Tensor):
+            if self.source.features:
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': 'features' names key '{self.source.features}' but the module "
+                    "returns one tensor, not a dict"))
+            flat = answer.float().reshape(rows, -1)  # (batch, sum of task widths)
+            if flat.shape[1] != sum(sizes):
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': TorchScript output has width {flat.shape[1]}, "
+                    f"its tasks need {sum(sizes)} ({sizes})"))
+            return dict(zip([t.name for t in self.tasks], flat.split(sizes, dim=1)))
+        if not isinstance(answer, dict):
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{self.name}': the TorchScript module returns {type(answer).__name__}; "
+                "it must return a dict of tensors keyed by task or one tensor"))
+        wanted = [t.name for t in self.tasks] + ([self.source.features] if self.source.features else [])
+        missing = [key for key in wanted if key not in answer]
+        if missing:
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{self.name}': TorchScript outputs {sorted(answer)} lack {missing}"))
+        if self.source.features:
+            features.append(answer[self.source.features].float().reshape(rows, -1))  # (batch, width)
+        out: Tensors = {}
+        for task, size in zip(self.tasks, sizes):
+            value = answer[task.name].float().reshape(rows, -1)  # (batch, width)
+            if value.shape[1] != size:
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': TorchScript output '{task.name}' has width {value.shape[1]}, "
+                    f"task needs {size}"))
+            out[task.name] = value
+        return out
 
 
 class PrecomputedTeacher:

@@ -23,18 +23,18 @@ pytestmark = pytest.mark.slow
 def _walk_through(base_url: str, api_key: str, out: Path) -> None:
     with Client(base_url, api_key) as client:
         job = client.submit(tiny_spec(export=["safetensors", "onnx"]))
-        assert job["status"] == "queued"
-        done = client.wait(job["id"], poll=0.5, timeout=180)
-        assert done["status"] == "succeeded", done
-        assert done["progress"] == 1.0 and done["metrics"]["stage"] == "baseline"
-        results = client.results(job["id"])
+        assert job.status == "queued"
+        done = client.wait(job.id, poll=0.5, timeout=180)
+        assert done.status == "succeeded", done
+        assert done.progress == 1.0 and done.metrics["stage"] == "baseline"
+        results = client.results(job.id)
         for row in results["tasks"].values():
             assert {"teacher", "student", "baseline"} <= set(row)
-        listing = {a["name"]: a for a in client.artifacts(job["id"])}
+        listing = {a.name: a for a in client.artifacts(job.id)}
         assert {"student.safetensors", "student.json", "student.onnx", "results.json", "metrics.csv"} <= set(listing)
-        client.download_all(job["id"], out)
+        client.download_all(job.id, out)
     for name, meta in listing.items():
-        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta["sha256"]
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == meta.sha256
     student = load_student(out)
     logits = student(torch.zeros(4, 64))
     assert {k: tuple(v.shape) for k, v in logits.items()} == {"digit": (4, 10), "parity": (4, 2), "large": (4, 1)}

@@ -76,8 +76,8 @@ def test_csv_dataset_and_onnx_teacher_to_a_student(settings: Settings, tmp_path:
             running(worker_argv("own-data"), env=env, log=tmp_path / "worker.log"):
         wait_http(f"http://127.0.0.1:{port}/readyz")
         with Client(f"http://127.0.0.1:{port}", key) as client:
-            data_id = client.upload(csv_path, purpose="dataset")["id"]
-            teacher_id = client.upload(onnx_path, purpose="teacher_onnx")["id"]
+            data_id = client.upload(csv_path, purpose="dataset").id
+            teacher_id = client.upload(onnx_path, purpose="teacher_onnx").id
             spec = {
                 "name": "own-data",
                 "dataset": {"file": data_id, "format": "csv", "features": ["f0", "f1", "f2", "f3"],
@@ -91,10 +91,10 @@ def test_csv_dataset_and_onnx_teacher_to_a_student(settings: Settings, tmp_path:
             }
             summary = client._request("POST", "/v1/jobs/validate", json=spec).json()["summary"]
             assert summary["dataset"]["input_shape"] == [4]
-            job = client.wait(client.submit(spec)["id"], poll=0.5, timeout=240)
-            assert job["status"] == "succeeded", job
-            results = client.results(job["id"])
-            client.download_all(job["id"], tmp_path / "out")
+            job = client.wait(client.submit(spec).id, poll=0.5, timeout=240)
+            assert job.status == "succeeded", job
+            results = client.results(job.id)
+            client.download_all(job.id, tmp_path / "out")
     data = load_table_dataset(csv_path, fmt="csv", tasks=JobSpec.model_validate(spec).tasks,
                               targets={"band": "band", "positive": "positive"}, features=["f0", "f1", "f2", "f3"],
                               split_column=None, standardize=False)

@@ -107,11 +107,11 @@ def test_api_restart_loses_nothing_and_idempotent_retry_returns_same_job(setting
     env = env_for(settings)
     with running(api_argv(port), env=env, log=tmp_path / "api1.log") as api:
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        first = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json=tiny_spec(), headers=headers).json()
+        first = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json=tiny_spec(), headers=headers, timeout=60).json()
         api.signal_group(signal.SIGKILL)
     with running(api_argv(port), env=env, log=tmp_path / "api2.log"):
         wait_http(f"http://127.0.0.1:{port}/healthz")
-        again = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json=tiny_spec(), headers=headers)
+        again = httpx.post(f"http://127.0.0.1:{port}/v1/jobs", json=tiny_spec(), headers=headers, timeout=60)
         listed = httpx.get(f"http://127.0.0.1:{port}/v1/jobs", headers=headers).json()["data"]
     assert again.status_code == 200 and again.json()["id"] == first["id"]
     assert [j["id"] for j in listed] == [first["id"]]

@@ -27,10 +27,10 @@ def test_keys_and_passwords_stay_out_of_logs(settings: Settings, tmp_path: Path)
             running(worker_argv("secrets"), env=env, log=tmp_path / "worker.log") as worker:
         wait_http(f"http://127.0.0.1:{port}/readyz")
         with Client(f"http://127.0.0.1:{port}", key) as client:
-            job = client.wait(client.submit(tiny_spec())["id"], poll=0.5, timeout=120)
-            assert job["status"] == "succeeded"
+            job = client.wait(client.submit(tiny_spec()).id, poll=0.5, timeout=120)
+            assert job.status == "succeeded"
             with pytest.raises(Exception):
-                Client(f"http://127.0.0.1:{port}", key + "x").job(job["id"])  # a failed auth is logged too
+                Client(f"http://127.0.0.1:{port}", key + "x").job(job.id)  # a failed auth is logged too
     logs = api.output() + worker.output()
     assert "GET /v1/jobs" in logs  # the access log is there, and
     assert key not in logs and PASSWORD not in logs

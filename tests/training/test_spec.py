@@ -158,6 +158,6 @@ def test_catalog_is_plain_json():
     listed = json.loads(json.dumps(catalog()))
     assert listed["datasets"]["digits-mt"]["tasks"]["large"]["kind"] == "binary"
     assert set(listed["strategies"]) == {"task_kd", "feature_kd", "cascaded", "transfer"}
-    assert set(listed["teacher_sources"]) == {"train", "weights", "onnx", "outputs"}
+    assert set(listed["teacher_sources"]) == {"train", "weights", "onnx", "torchscript", "outputs"}
     assert set(listed["weighting_methods"]) == {"equal", "fixed", "uncertainty", "dwa", "gradnorm"}
     assert "mlp" in listed["architectures"]

@@ -19,7 +19,7 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     "properties": {
         "file": {"type": "string", "format": "binary"},
         "purpose": {"type": "string", "enum": ["dataset", "transfer_set", "teacher_weights", "teacher_onnx",
-                                                 "teacher_outputs"]},
+                                                 "teacher_outputs", "teacher_torchscript"]},
     }}}}}}
 
 
@@ -38,7 +38,7 @@ async def upload_file(request: Request, db: SessionDep, tenant: TenantDep, setti
 @router.get("", response_model=FileList, responses=problems(401, 422))
 def list_files(db: SessionDep, tenant: TenantDep,
                purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx",
-                                "teacher_outputs"] | None = Query(default=None)) -> FileList:
+                                "teacher_outputs", "teacher_torchscript"] | None = Query(default=None)) -> FileList:
     """List the caller's files, newest first."""
     return FileList(data=[FileOut.model_validate(f) for f in file_service.list_files(db=db, tenant=tenant,
                                                                                        purpose=purpose)])
