@@ -30,7 +30,8 @@ from app.training.models import build_model
 from app.training.results import history_row, write_results
 from app.training.spec import DatasetSpec, JobSpec, input_rank_problem, spec_sha256
 from app.training.strategies import (Batch, StagePlan, plan_stages, soft_tasks, stage_coefficients,
-                                     stage_terms, trains_trunk_only, uses_features, uses_teachers)
+                                     stage_term_plan, trains_trunk_only, uses_features,
+                                     uses_teachers)
 from app.training.target_scaling import TargetScale, fit_target_scales, standardise_targets
 from app.training.teacher_targets import (SoftTargets, Teacher, average_targets, build_teacher,
                                           load_transfer_inputs, split_outputs)
@@ -403,6 +404,7 @@ def _train_epoch(run: _Run, plan: StagePlan, staged: StageModel, forward: Callab
     """
     spec = run.spec
     coefficients = stage_coefficients(spec, plan, list(staged.adaptors))
+    term_plan = stage_term_plan(spec, plan)  # per epoch, not per step
     noise = spec.training.input_noise if plan.role in ("student", "baseline") else 0.0
     online = bool(run.online_teachers) and uses_teachers(plan)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
@@ -430,7 +432,7 @@ def _train_epoch(run: _Run, plan: StagePlan, staged: StageModel, forward: Callab
                       features=taps["trunk"].flatten(1).float(), targets=rows.targets,
                       labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
                       teacher_features=soft.features if soft else {})
-        terms = stage_terms(spec, plan, batch, staged.adaptors)
+        terms = term_plan.compute(batch, staged.adaptors)
         if step_coefficients is None or step_coefficients.keys() != terms.keys():
             step_coefficients = {name: coefficients[name] for name in terms}
         loss, weighting_terms = staged.weighting.combine(terms, step_coefficients, shared=shared)

@@ -6,7 +6,7 @@ averaged logits) and "feature.<teacher>" (normalised feature distillation throug
 Presets (spec.distillation.strategy) choose the terms; `distillation.terms` combines them.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -102,10 +102,11 @@ def soft_tasks(spec: JobSpec, plan: StagePlan) -> list[TaskSpec]:
 
 
 def masked_hard_loss(task: TaskSpec, logits: torch.Tensor, target: torch.Tensor,
-                     labelled: torch.Tensor | None) -> torch.Tensor:
-    """Return the task's supervised loss over the labelled rows (0 when the batch has none)."""
+                     labelled: torch.Tensor | None, *, checked: bool = False) -> torch.Tensor:
+    """Return the task's supervised loss over the labelled rows (0 when the batch has none;
+    `checked`: the caller knows some row is labelled, which saves a device sync per task)."""
     if labelled is not None:
-        if not bool(labelled.any()):
+        if not checked and not bool(labelled.any()):
             return logits.sum() * 0.0  # keeps the graph; contributes nothing
         logits, target = logits[labelled], target[labelled]
     return HARD_LOSSES[task.kind](logits, target)
@@ -118,23 +119,54 @@ def normalised_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> tor
     return (student - teacher).pow(2).sum(dim=1).mean()
 
 
+@dataclass(frozen=True)
+class StageTerms:
+    """A stage's loss terms, resolved once per stage: the per-step path only computes them.
+
+    Rebuilding them every step (soft_tasks scans the teachers, kd_settings, the term names) was
+    about 10 % of a digits-mt student step.
+    """
+
+    hard: tuple[tuple[str, TaskSpec], ...]  # (term name, task)
+    soft: tuple[tuple[str, str, Callable[..., torch.Tensor], float], ...]  # (term, task, loss, T)
+    features: bool
+    masked: bool  # hard terms skip unlabelled rows (student stages; teachers see labels only)
+
+    def compute(self, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
+        """Return the named loss terms of one batch (same order and values as stage_terms)."""
+        terms: Tensors = {}
+        labelled = batch.labelled if self.masked else None
+        if labelled is not None and not bool(labelled.any()):  # one check for all tasks
+            for name, task in self.hard:
+                terms[name] = batch.logits[task.name].sum() * 0.0  # keeps the graph; adds nothing
+        else:
+            for name, task in self.hard:
+                terms[name] = masked_hard_loss(task, batch.logits[task.name],
+                                               batch.targets[task.name], labelled, checked=True)
+        for name, task, loss, temperature in self.soft:
+            terms[name] = loss(batch.logits[task], batch.teacher_logits[task],
+                               temperature=temperature)
+        if self.features and batch.features is not None:
+            for teacher, target in batch.teacher_features.items():
+                terms[f"feature.{teacher}"] = normalised_feature_loss(
+                    adaptors[teacher](batch.features), target)
+        return terms
+
+
+def stage_term_plan(spec: JobSpec, plan: StagePlan) -> StageTerms:
+    """Resolve the stage's terms: which tasks get hard and soft terms, at what temperature."""
+    hard = () if plan.role == "student_trunk" else tuple(
+        (f"{task.name}.hard", task) for task in plan.tasks)
+    soft = tuple((f"{task.name}.soft", task.name, SOFT_LOSSES[task.kind],
+                  spec.kd_settings(task.name)[0]) for task in soft_tasks(spec, plan))
+    return StageTerms(hard=hard, soft=soft, features=uses_features(spec, plan),
+                      masked=plan.role != "teacher")
+
+
 def stage_terms(spec: JobSpec, plan: StagePlan, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
-    """Return the named loss terms of one batch of the stage."""
-    terms: Tensors = {}
-    if plan.role != "student_trunk":
-        labelled = None if plan.role == "teacher" else batch.labelled
-        for task in plan.tasks:
-            terms[f"{task.name}.hard"] = masked_hard_loss(
-                task, batch.logits[task.name], batch.targets[task.name], labelled)
-    for task in soft_tasks(spec, plan):
-        temperature, _ = spec.kd_settings(task.name)
-        terms[f"{task.name}.soft"] = SOFT_LOSSES[task.kind](
-            batch.logits[task.name], batch.teacher_logits[task.name], temperature=temperature)
-    if uses_features(spec, plan) and batch.features is not None:
-        for teacher, target in batch.teacher_features.items():
-            terms[f"feature.{teacher}"] = normalised_feature_loss(
-                adaptors[teacher](batch.features), target)
-    return terms
+    """Return the named loss terms of one batch of the stage (the loop resolves
+    stage_term_plan once per stage instead)."""
+    return stage_term_plan(spec, plan).compute(batch, adaptors)
 
 
 def stage_coefficients(spec: JobSpec, plan: StagePlan,

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.training.checkpoint import read_finished
 from app.training.datasets.registry import load_dataset
 import sklearn.metrics as skm
 
@@ -39,7 +40,7 @@ def test_teacher_value_of_a_shared_task_is_the_ensemble(tmp_path: Path):
     teachers[1]["tasks"] = ["digit", "parity", "large"]  # both teachers now predict "digit"
     spec = tiny_spec(teachers=teachers)
     results = train(spec, tmp_path).results
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["finished"]
+    state = read_finished(tmp_path)
     data = load_dataset(spec.dataset, tasks=spec.tasks)
     per_teacher = []
     for teacher in spec.teachers:

@@ -8,6 +8,7 @@ import pytest
 import onnxruntime as ort
 import torch
 
+from app.training.checkpoint import read_finished
 from app.training.datasets.registry import load_dataset
 from app.training.export import load_student
 from app.training.loop import Result
@@ -35,7 +36,7 @@ def test_load_student_round_trip_gives_identical_outputs(tiny_run: tuple[Result,
     with torch.no_grad():
         a, b = first(x), second(x)
     assert all(torch.equal(a[task], b[task]) for task in a)
-    state = torch.load(workdir / "checkpoint.pt", weights_only=True)["finished"]["student"]["model"]
+    state = read_finished(workdir)["student"]["model"]
     assert all(torch.equal(first.state_dict()[name], tensor) for name, tensor in state.items())
 
 

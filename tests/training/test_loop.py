@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from app.training.checkpoint import CHECKPOINT_NAME
+from app.training.checkpoint import CHECKPOINT_NAME, FINISHED_DIR, load_checkpoint, read_finished
 from app.training.loop import Result, TrainCallbacks, TrainingCancelled, TrainingError, train
 from app.training.spec import spec_sha256
 from tests.training.conftest import tiny_spec
@@ -133,7 +133,8 @@ def test_divergence_fails_with_a_code_and_keeps_the_last_good_checkpoint(tmp_pat
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert set(state["finished"]) == {"teacher:digit-teacher", "teacher:aux-teacher"}
     assert state["current"] is None
-    assert all(torch.isfinite(t).all() for stage in state["finished"].values()
+    finished = read_finished(tmp_path)
+    assert all(torch.isfinite(t).all() for stage in finished.values()
                for t in stage["model"].values())
 
 
@@ -144,6 +145,54 @@ def test_another_spec_in_the_same_workdir_starts_afresh(tiny_run: tuple[Result, 
     result = train(tiny_spec(), tmp_path, callbacks=recorder)
     assert recorder.stages[0][0] == "teacher:digit-teacher"
     assert result.results["tasks"] == tiny_run[0].results["tasks"]
+
+
+class FileWatcher(Recorder):
+    """Record the inode of each finished-stage file at every epoch end (a rewrite replaces it)."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__()
+        self.workdir = workdir
+        self.inodes: list[dict[str, int]] = []
+
+    def on_epoch_end(self, **event) -> None:
+        super().on_epoch_end(**event)
+        self.inodes.append({path.name: path.stat().st_ino
+                            for path in (self.workdir / FINISHED_DIR).glob("finished-*.pt")})
+
+
+def test_finished_stages_are_written_once_in_their_own_files(tmp_path: Path):
+    watcher = FileWatcher(tmp_path)
+    train(tiny_spec(), tmp_path, callbacks=watcher)
+    # The teachers' files exist from the student's first epoch on and are never rewritten.
+    student = [inodes for event, inodes in zip(watcher.epochs, watcher.inodes)
+               if event["stage"] in ("student", "baseline")]
+    teachers = {name: inode for name, inode in student[0].items() if "teacher" in name}
+    assert len(teachers) == 2
+    assert all({name: inodes[name] for name in teachers} == teachers for inodes in student)
+    # checkpoint.pt names the files and holds no finished weights.
+    on_disk = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["finished"]
+    assert all(set(entry) == {"epochs", "seconds", "file"} for entry in on_disk.values())
+    assert sorted(path.name for path in (tmp_path / FINISHED_DIR).iterdir()) == sorted(
+        entry["file"] for entry in on_disk.values())
+
+
+def test_a_stale_checkpoint_takes_its_finished_stage_files_with_it(tmp_path: Path):
+    with pytest.raises(RuntimeError):
+        train(tiny_spec(), tmp_path, callbacks=Recorder(crash_at=("student", 1)))
+    assert len(list((tmp_path / FINISHED_DIR).glob("finished-*.pt"))) == 2
+    assert load_checkpoint(tmp_path, spec_sha256="another spec") is None
+    assert not (tmp_path / FINISHED_DIR).exists()
+
+
+def test_a_missing_finished_stage_file_starts_afresh(tmp_path: Path):
+    with pytest.raises(RuntimeError):
+        train(tiny_spec(), tmp_path, callbacks=Recorder(crash_at=("student", 1)))
+    next((tmp_path / FINISHED_DIR).glob("finished-teacher_aux*.pt")).unlink()
+    assert load_checkpoint(tmp_path, spec_sha256=spec_sha256(tiny_spec())) is None
+    recorder = Recorder()
+    train(tiny_spec(), tmp_path, callbacks=recorder)
+    assert recorder.stages[0][0] == "teacher:digit-teacher"
 
 
 def test_unavailable_cuda_is_a_training_error(tmp_path: Path):

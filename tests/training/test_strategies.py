@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from app.training.checkpoint import read_finished
 from app.training.loop import TrainCallbacks, train
 from tests.training.conftest import tiny_spec
 
@@ -83,7 +84,7 @@ def test_cascaded_distils_the_trunk_first_then_the_whole_student(cascaded_run):
     spec = cascaded_spec()
     torch.manual_seed(spec.training.seed)
     initial = build_model(spec.student, input_shape=[64], tasks=spec.tasks).state_dict()
-    stage1 = torch.load(workdir / "checkpoint.pt", weights_only=True)["finished"]["student:trunk"]
+    stage1 = read_finished(workdir)["student:trunk"]
     heads = [name for name in initial if name.startswith("heads.")]
     assert heads and all(torch.equal(stage1["model"][name], initial[name]) for name in heads)
     assert not torch.equal(stage1["model"]["trunk.1.weight"], initial["trunk.1.weight"])
