@@ -23,6 +23,9 @@ def celery_config(settings: Settings) -> dict:
             "data_folder_out": str(folder / "queue"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
+            # The filesystem transport polls its folder (kombu's default: every 1 s), so a job
+            # waited up to a second on an idle or just-freed worker; a listing every 0.1 s is cheap.
+            "polling_interval": 0.1,
         }
     return {
         "broker_url": settings.resolved_broker_url,

@@ -22,6 +22,13 @@ def _preload_engine(**_: object) -> None:
     from app.training.datasets.registry import import_loaders
 
     import_loaders()
+    # Every job draws report.png: import matplotlib and load its font list here once, not in each
+    # child (drawing the figure is still per job, and was most of a tiny job's time when profiled).
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.font_manager  # noqa: F401
+    import matplotlib.pyplot  # noqa: F401
 
 
 @worker_ready.connect

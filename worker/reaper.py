@@ -3,18 +3,33 @@
 import logging
 import threading
 from datetime import timedelta
+from functools import lru_cache
+
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from app.config import Settings
-from app.db import session_scope
 from app.queue import enqueue
 from app.services.lifecycle import reap_stale_jobs, resend_waiting_jobs
 
 log = logging.getLogger("distillery.reaper")
 
 
+@lru_cache(maxsize=4)
+def _unpooled_sessions(url: str) -> sessionmaker[Session]:
+    """Sessions whose connection is closed when the session ends.
+
+    The reaper runs in the worker's main process, which forks a fresh pool process for every job;
+    a connection left in a pool here would be inherited by the child and the same socket used by
+    two processes at once.
+    """
+    return sessionmaker(bind=create_engine(url, poolclass=NullPool), expire_on_commit=False)
+
+
 def reap_once(settings: Settings) -> list[str]:
     """Run one sweep; return the ids sent to the queue again (requeued or resent)."""
-    with session_scope(settings.resolved_database_url) as db:
+    with _unpooled_sessions(settings.resolved_database_url)() as db:
         requeued = reap_stale_jobs(db=db, stale_after=timedelta(seconds=settings.stale_after_seconds),
                                    max_attempts=settings.max_attempts)
         waiting = resend_waiting_jobs(db=db, waiting_longer_than=timedelta(seconds=settings.resend_queued_after_seconds))
