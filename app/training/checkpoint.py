@@ -5,19 +5,19 @@ finished 1.2 MB teacher every epoch cost 3-8 ms per epoch on digits-mt).
 The loop serialises each epoch's state synchronously (into memory) and a `CheckpointWriter`
 writes, fsyncs and renames it in a background thread, so the next epoch trains meanwhile.
 
-Layout (all torch-serialisable with weights_only=True):
-    {"format": 3, "spec_sha256": str, "elapsed": float,
+Layout in memory (all torch-serialisable with weights_only=True):
+    {"format": 4, "spec_sha256": str, "elapsed": float,
      "finished": {stage: {"model": state_dict, "adaptors": state_dict, "weighting": state_dict,
                           "epochs": int, "seconds": float}},
      "current": None | {"stage", "epoch", "seconds", "model", "adaptors", "weighting",
                         "optimizer", "rng": {name: Tensor}},
+     "history": [metrics.csv rows so far]}
 "adaptors" are the stage's feature-distillation adaptors (empty for stages without them);
 "weighting" is the stage's task-weighting state (learned weights, DWA loss history, GradNorm's
 initial losses; empty for equal/fixed weighting).
-     "history": JSON text of [metrics.csv rows so far] (a list again once loaded)}
-On disk a "finished" entry holds only "epochs", "seconds" and "file" (its name in
-workdir/checkpoint/); that file holds {"spec_sha256", "model", "adaptors", "weighting"}.
-`load_checkpoint` merges the files back, so callers see the layout above.
+On disk "history" is one JSON string, and a "finished" entry holds only "epochs", "seconds" and
+"file" (its name in workdir/checkpoint/); that file holds {"spec_sha256", "model", "adaptors",
+"weighting"}. `load_checkpoint` merges the files back, so callers see the layout above.
 """
 
 import hashlib
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
-FINISHED_DIR = "checkpoint"  # workdir/checkpoint/finished-<stage>.pt
+FINISHED_DIR = "checkpoint"  # workdir/checkpoint/<finished_file_name(stage)>
 FORMAT = 4  # 2: stages keep their adaptors; 3: "history" is JSON; 4: finished stages in own files
 _WEIGHTS = ("model", "adaptors", "weighting")
 
@@ -94,16 +94,6 @@ def _serialise(obj: dict[str, Any]) -> memoryview:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getbuffer()
-
-
-def save_checkpoint(state: dict[str, Any], workdir: Path) -> None:
-    """Write the checkpoint atomically: a reader sees the old or the new file, never half.
-    Finished stages' files are written first, so checkpoint.pt never names a missing file."""
-    (workdir / FINISHED_DIR).mkdir(exist_ok=True)
-    for stage in state["finished"]:
-        _write_atomically(_serialise(_finished_weights(state, stage)),
-                          workdir / FINISHED_DIR / finished_file_name(stage))
-    _write_atomically(_serialise(_on_disk(state)), workdir / CHECKPOINT_NAME)
 
 
 class CheckpointWriter:

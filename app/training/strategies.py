@@ -133,7 +133,7 @@ class StageTerms:
     masked: bool  # hard terms skip unlabelled rows (student stages; teachers see labels only)
 
     def compute(self, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
-        """Return the named loss terms of one batch (same order and values as stage_terms)."""
+        """Return the named loss terms of one batch."""
         terms: Tensors = {}
         labelled = batch.labelled if self.masked else None
         if labelled is not None and not bool(labelled.any()):  # one check for all tasks
@@ -161,12 +161,6 @@ def stage_term_plan(spec: JobSpec, plan: StagePlan) -> StageTerms:
                   spec.kd_settings(task.name)[0]) for task in soft_tasks(spec, plan))
     return StageTerms(hard=hard, soft=soft, features=uses_features(spec, plan),
                       masked=plan.role != "teacher")
-
-
-def stage_terms(spec: JobSpec, plan: StagePlan, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
-    """Return the named loss terms of one batch of the stage (the loop resolves
-    stage_term_plan once per stage instead)."""
-    return stage_term_plan(spec, plan).compute(batch, adaptors)
 
 
 def stage_coefficients(spec: JobSpec, plan: StagePlan,

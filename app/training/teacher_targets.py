@@ -2,7 +2,7 @@
 output cache) over the training, test and transfer inputs, and averaged per task.
 """
 
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -37,14 +37,10 @@ class SoftTargets:
     logits: Tensors  # task -> (n, out), mean over the teachers of the task
     features: Tensors  # teacher name -> (n, width)
 
-    def rows(self, index: torch.Tensor, *, tasks: Collection[str] | None = None,
-             features: bool = True) -> "SoftTargets":
-        """Return the targets of the given rows: the logits of `tasks` (None: all), the features
-        only when asked (a stage without feature terms would gather (n, width) per batch for nothing).
-        """
-        return SoftTargets(
-            logits={task: z[index] for task, z in self.logits.items() if tasks is None or task in tasks},
-            features={name: f[index] for name, f in self.features.items()} if features else {})
+    def rows(self, index: torch.Tensor) -> "SoftTargets":
+        """Return the targets of the given rows."""
+        return SoftTargets(logits={task: z[index] for task, z in self.logits.items()},
+                           features={name: f[index] for name, f in self.features.items()})
 
 
 def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | None,
