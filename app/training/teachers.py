@@ -7,7 +7,7 @@ uploads API can map its file ids to paths without the engine knowing about HTTP.
 """
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -114,6 +114,41 @@ def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec]
     return ModelTeacher(model)
 
 
+def _outputs_in_batches(x: torch.Tensor, tasks: Sequence[TaskSpec],
+                        run: Callable[[torch.Tensor], tuple[Tensors, torch.Tensor | None]]) -> TeacherOutputs:
+    """Run a file teacher over x in CPU float batches; `run(chunk)` returns (logits per task,
+    features or None) of one batch; the joined outputs come back on x's device."""
+    logits: list[Tensors] = []
+    features: list[torch.Tensor] = []
+    for start in range(0, len(x), PREDICT_BATCH):
+        per_task, feature = run(x[start:start + PREDICT_BATCH].detach().cpu().float())
+        logits.append(per_task)
+        if feature is not None:
+            features.append(feature)
+    joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in tasks}
+    return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
+                          features=torch.cat(features).to(x.device) if features else None)
+
+
+def _split_by_task(values: list[torch.Tensor], tasks: Sequence[TaskSpec], *, concatenated: bool,
+                   teacher: str, kind: str) -> Tensors:
+    """Return {task: (batch, width)} from one output per task, or from one concatenated output
+    split by the tasks' widths in declared order; a width that does not match is a teacher_mismatch."""
+    sizes = [output_size(task) for task in tasks]
+    if concatenated:
+        if values[0].shape[1] != sum(sizes):
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{teacher}': concatenated {kind} output has width "
+                f"{values[0].shape[1]}, its tasks need {sum(sizes)} ({sizes})"))
+        values = list(values[0].split(sizes, dim=1))
+    for task, size, value in zip(tasks, sizes, values):
+        if value.shape[1] != size:
+            raise TrainingError(code="teacher_mismatch", message=(
+                f"teacher '{teacher}': {kind} output '{task.name}' has width "
+                f"{value.shape[1]}, task needs {size}"))
+    return {task.name: value for task, value in zip(tasks, values)}
+
+
 class OnnxTeacher:
     """An ONNX model run with onnxruntime on the CPU."""
 
@@ -146,34 +181,16 @@ class OnnxTeacher:
 
     def outputs(self, x: torch.Tensor) -> TeacherOutputs:
         """Run the session over x in batches and split the outputs per task."""
-        logits: list[Tensors] = []
-        features: list[torch.Tensor] = []
         fetch = self.output_names + ([self.source.features] if self.source.features else [])
-        for start in range(0, len(x), PREDICT_BATCH):
-            chunk = x[start:start + PREDICT_BATCH].detach().cpu().float().numpy()
-            values = [torch.from_numpy(np.asarray(v, dtype=np.float32)).reshape(len(chunk), -1)
-                      for v in self.session.run(fetch, {self.input_name: chunk})]
-            if self.source.features:
-                features.append(values.pop())
-            logits.append(self._per_task(values))
-        joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in self.tasks}
-        return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
-                              features=torch.cat(features).to(x.device) if features else None)
 
-    def _per_task(self, values: list[torch.Tensor]) -> Tensors:
-        sizes = [output_size(task) for task in self.tasks]
-        if self.source.outputs == "concatenated":
-            if values[0].shape[1] != sum(sizes):
-                raise TrainingError(code="teacher_mismatch", message=(
-                    f"teacher '{self.name}': concatenated ONNX output has width "
-                    f"{values[0].shape[1]}, its tasks need {sum(sizes)} ({sizes})"))
-            values = list(values[0].split(sizes, dim=1))
-        for task, size, value in zip(self.tasks, sizes, values):
-            if value.shape[1] != size:
-                raise TrainingError(code="teacher_mismatch", message=(
-                    f"teacher '{self.name}': ONNX output '{task.name}' has width "
-                    f"{value.shape[1]}, task needs {size}"))
-        return {task.name: value for task, value in zip(self.tasks, values)}
+        def run(chunk: torch.Tensor) -> tuple[Tensors, torch.Tensor | None]:
+            values = [torch.from_numpy(np.asarray(v, dtype=np.float32)).reshape(len(chunk), -1)
+                      for v in self.session.run(fetch, {self.input_name: chunk.numpy()})]
+            feature = values.pop() if self.source.features else None
+            return _split_by_task(values, self.tasks, concatenated=self.source.outputs == "concatenated",
+                                  teacher=self.name, kind="ONNX"), feature
+
+        return _outputs_in_batches(x, self.tasks, run)
 
 
 class TorchScriptTeacher:
@@ -198,35 +215,28 @@ class TorchScriptTeacher:
 
     def outputs(self, x: torch.Tensor) -> TeacherOutputs:
         """Call the module over x in batches and split its answer per task."""
-        logits: list[Tensors] = []
-        features: list[torch.Tensor] = []
-        with torch.no_grad():
-            for start in range(0, len(x), PREDICT_BATCH):
-                chunk = x[start:start + PREDICT_BATCH].detach().cpu().float()  # (batch, *input_shape)
-                try:
+        def run(chunk: torch.Tensor) -> tuple[Tensors, torch.Tensor | None]:
+            try:
+                with torch.no_grad():
                     answer = self.module(chunk)
-                except Exception as error:  # a scripted module raises torch.jit.Error and the like
-                    raise TrainingError(code="teacher_mismatch", message=(
-                        f"teacher '{self.name}': the TorchScript module failed on a batch of shape "
-                        f"{tuple(chunk.shape)}: {str(error).splitlines()[-1][:300] if str(error) else ''}")) from None
-                logits.append(self._per_task(answer, rows=len(chunk), features=features))
-        joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in self.tasks}
-        return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
-                              features=torch.cat(features).to(x.device) if features else None)
+            except Exception as error:  # a scripted module raises torch.jit.Error and the like
+                raise TrainingError(code="teacher_mismatch", message=(
+                    f"teacher '{self.name}': the TorchScript module failed on a batch of shape "
+                    f"{tuple(chunk.shape)}: {str(error).splitlines()[-1][:300] if str(error) else ''}")) from None
+            return self._per_task(answer, rows=len(chunk))
 
-    def _per_task(self, answer: object, *, rows: int, features: list[torch.Tensor]) -> Tensors:
-        sizes = [output_size(task) for task in self.tasks]
+        return _outputs_in_batches(x, self.tasks, run)
+
+    def _per_task(self, answer: object, *, rows: int) -> tuple[Tensors, torch.Tensor | None]:
+        """Split one batch's answer (one tensor, or a dict keyed by task) into (logits per task, features)."""
         if isinstance(answer, torch.Tensor):
             if self.source.features:
                 raise TrainingError(code="teacher_mismatch", message=(
                     f"teacher '{self.name}': 'features' names key '{self.source.features}' but the module "
                     "returns one tensor, not a dict"))
             flat = answer.float().reshape(rows, -1)  # (batch, sum of task widths)
-            if flat.shape[1] != sum(sizes):
-                raise TrainingError(code="teacher_mismatch", message=(
-                    f"teacher '{self.name}': TorchScript output has width {flat.shape[1]}, "
-                    f"its tasks need {sum(sizes)} ({sizes})"))
-            return dict(zip([t.name for t in self.tasks], flat.split(sizes, dim=1)))
+            return _split_by_task([flat], self.tasks, concatenated=True, teacher=self.name,
+                                  kind="TorchScript"), None
         if not isinstance(answer, dict):
             raise TrainingError(code="teacher_mismatch", message=(
                 f"teacher '{self.name}': the TorchScript module returns {type(answer).__name__}; "
@@ -236,17 +246,11 @@ class TorchScriptTeacher:
         if missing:
             raise TrainingError(code="teacher_mismatch", message=(
                 f"teacher '{self.name}': TorchScript outputs {sorted(answer)} lack {missing}"))
-        if self.source.features:
-            features.append(answer[self.source.features].float().reshape(rows, -1))  # (batch, width)
-        out: Tensors = {}
-        for task, size in zip(self.tasks, sizes):
-            value = answer[task.name].float().reshape(rows, -1)  # (batch, width)
-            if value.shape[1] != size:
-                raise TrainingError(code="teacher_mismatch", message=(
-                    f"teacher '{self.name}': TorchScript output '{task.name}' has width {value.shape[1]}, "
-                    f"task needs {size}"))
-            out[task.name] = value
-        return out
+        values = [answer[task.name].float().reshape(rows, -1) for task in self.tasks]  # (batch, width)
+        feature = (answer[self.source.features].float().reshape(rows, -1)  # (batch, width)
+                   if self.source.features else None)
+        return _split_by_task(values, self.tasks, concatenated=False, teacher=self.name,
+                              kind="TorchScript"), feature
 
 
 class PrecomputedTeacher:
