@@ -29,12 +29,13 @@ def _request_sha(stored_spec: dict[str, Any]) -> str:
 
 
 def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None,
-               limits: Settings | None = None, check: Callable[[], None] | None = None) -> tuple[Job, bool]:
+               limits: Settings | None = None,
+               check: Callable[[dict[str, Any]], None] | None = None) -> tuple[Job, bool]:
     """Store a queued job (defaults filled in) and commit; return it and whether it is new.
 
     With an ``idempotency_key``, a repeat of the same body returns the first job; a different
-    body under the same key is refused. ``check`` (the dry run) runs after the cheap checks and
-    before the row is written, and not for a replay.
+    body under the same key is refused. ``check`` (the dry run, given the stored spec) runs after
+    the cheap checks and before the row is written, and not for a replay.
     """
     stored = spec.model_dump(mode="json")
     digest = spec_sha256(spec)
@@ -46,7 +47,7 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     if limits is not None:
         _enforce_caps(db=db, tenant=tenant, limits=limits)
     if check is not None:
-        check()
+        check(stored)
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
               idempotency_key=idempotency_key, status="queued", enqueued_at=utcnow())
     db.add(job)
@@ -152,17 +153,19 @@ def request_cancel(*, db: Session, job: Job) -> Job:
     return job
 
 
-def _refuse_code_teachers(spec: JobSpec, settings: Settings) -> None:
-    """A TorchScript teacher runs its own code in the validator and the worker: only where the server allows it."""
+def _refused_code_teachers(spec: JobSpec, settings: Settings) -> InvalidRequest | None:
+    """A TorchScript teacher runs its own code in the validator and the worker: only where the server
+    allows it. Return the 422 for a spec that names one on a server that does not, else None."""
     if settings.allow_torchscript:
-        return
+        return None
     fields = [f"body.teachers[{i}].source.torchscript" for i, t in enumerate(spec.teachers)
               if t.source.torchscript is not None]
-    if fields:
-        message = ("TorchScript teachers run the code inside the file, so this server refuses them; "
-                   "its operator can enable them with DISTILLERY_ALLOW_TORCHSCRIPT=true")
-        raise InvalidRequest(message, errors=[{"field": f, "message": message, "type": "torchscript_disabled"}
-                                              for f in fields])
+    if not fields:
+        return None
+    message = ("TorchScript teachers run the code inside the file, so this server refuses them; "
+               "its operator can enable them with DISTILLERY_ALLOW_TORCHSCRIPT=true")
+    return InvalidRequest(message, errors=[{"field": f, "message": message, "type": "torchscript_disabled"}
+                                           for f in fields])
 
 
 def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, settings: Settings) -> tuple[Job, bool]:
@@ -173,14 +176,14 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     A replay of a still-queued job sends its message again: a lost message is recovered that way,
     and a duplicate is harmless because a worker must claim the job before running it.
     """
-    def dry_run() -> None:  # in the validator process: the API process stays free of torch
+    def dry_run(stored: dict[str, Any]) -> None:  # in the validator process: the API process stays free of torch
         validator.dry_run(stored, tenant_id=tenant.id, settings=settings)
 
     # Before the file checks: "the server refuses TorchScript" is the error to act on (a replay is left alone).
-    if not settings.allow_torchscript and any(t.source.torchscript is not None for t in spec.teachers):
-        if idempotency_key is None or _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key) is None:
-            _refuse_code_teachers(spec, settings)
-    stored = spec.model_dump(mode="json")
+    refused = _refused_code_teachers(spec, settings)
+    if refused is not None and (idempotency_key is None
+                                or _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key) is None):
+        raise refused
     job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings,
                               check=dry_run)
     if job.status == "queued":
@@ -200,7 +203,9 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
     from app.schemas import ValidationSummary
 
     stored = spec.model_dump(mode="json")
-    _refuse_code_teachers(spec, settings)
+    refused = _refused_code_teachers(spec, settings)
+    if refused is not None:
+        raise refused
     check_file_refs(db=db, tenant=tenant, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)
