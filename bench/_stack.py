@@ -26,6 +26,20 @@ class Stack:
     api_pid: int
 
 
+def rss_mib(pid: int) -> float:
+    """Return a process's resident memory in MiB (NaN when /proc does not say)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the pids of a process's direct children."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
 def _free_port() -> int:
     import socket
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._stack import ROOT, _free_port, stack  # noqa: E402
+from bench._stack import ROOT, _free_port, child_pids, rss_mib, stack  # noqa: E402
 from bench.load_status import percentile  # noqa: E402
 from tests.conftest import tiny_spec  # noqa: E402
 
@@ -63,16 +63,8 @@ async def hammer(url: str, headers: dict, clients: int, seconds: float) -> tuple
         return len(latencies) / (time.perf_counter() - started), latencies, errors
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def uvicorn_children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out] or [pid]
+    return child_pids(pid) or [pid]
 
 
 def main() -> None:

@@ -11,7 +11,6 @@ the API's RSS and whether torch is mapped into it, and the RSS of the API's chil
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,21 +18,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._stack import stack  # noqa: E402
+from bench._stack import child_pids, rss_mib, stack  # noqa: E402
 from bench.load_status import percentile  # noqa: E402
 from tests.conftest import tiny_spec  # noqa: E402
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
 
 
 def main() -> None:
@@ -60,7 +47,7 @@ def main() -> None:
         report["submit_p99_ms"] = round(1000 * percentile(times, 0.99), 1)
         report["api_rss_mib"] = round(rss_mib(s.api_pid), 1)
         report["api_has_torch_loaded"] = "torch" in Path(f"/proc/{s.api_pid}/maps").read_text()
-        report["child_rss_mib"] = [round(rss_mib(pid), 1) for pid in children(s.api_pid)]
+        report["child_rss_mib"] = [round(rss_mib(pid), 1) for pid in child_pids(s.api_pid)]
     print(json.dumps(report))
 
 
