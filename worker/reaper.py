@@ -1,6 +1,7 @@
 """Find jobs whose worker died (stale heartbeat): requeue them to resume, or fail them."""
 
 import logging
+import os
 import threading
 from datetime import timedelta
 from functools import lru_cache
@@ -14,6 +15,14 @@ from app.queue import enqueue
 from app.services.lifecycle import reap_stale_jobs, resend_waiting_jobs
 
 log = logging.getLogger("distillery.reaper")
+
+# The sweep runs in a thread of the worker's main process, which forks a pool process per job. A
+# child forked mid-sweep inherits whatever that thread held at that instant and nobody releases it
+# there: seen as a child hanging for good in `import psycopg` (the sweep held that module's import
+# lock). So a fork waits for a running sweep to end, and the sweep never overlaps a fork.
+_SWEEPING = threading.Lock()
+os.register_at_fork(before=_SWEEPING.acquire, after_in_parent=_SWEEPING.release,
+                    after_in_child=_SWEEPING.release)
 
 
 @lru_cache(maxsize=4)
@@ -50,7 +59,8 @@ def start_reaper_thread(settings: Settings) -> threading.Thread:
         stop = threading.Event()
         while not stop.wait(settings.reap_interval_seconds):
             try:
-                reap_once(settings)
+                with _SWEEPING:
+                    reap_once(settings)
             except Exception:  # a database or broker hiccup must not kill the sweeper
                 log.exception("reaper sweep failed; retrying next interval")
 
