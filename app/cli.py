@@ -248,7 +248,8 @@ def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
         console.print(f"[red]invalid spec[/red]\n{exc}")
         raise typer.Exit(2) from exc
     workdir = out / ".work"
-    result = run_training(spec, workdir, callbacks=_console_callbacks())
+    result = run_training(spec, workdir, callbacks=_console_callbacks(),
+                          checkpoint_interval=_settings().checkpoint_interval_seconds)
     out.mkdir(parents=True, exist_ok=True)
     for path in result.artifacts:
         shutil.copyfile(path, out / path.name)

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from app.config import Settings
 from app.training.datasets.registry import generate_transfer_set, load_dataset
 from app.training.loop import TrainCallbacks, train
 from app.training.models import build_model
@@ -75,7 +76,7 @@ def engine_seconds(spec: dict[str, Any], root: Path, rep: int) -> tuple[float, f
     student CPU s)."""
     cpu = StudentCpu()
     results = train(JobSpec.model_validate(spec), root / f"job-{rep}", cache_dir=root / "cache",
-                    callbacks=cpu).results
+                    callbacks=cpu, checkpoint_interval=Settings().checkpoint_interval_seconds).results
     student = [s for s in results["stages"] if s["name"].startswith("student")]
     return (sum(s["seconds"] for s in student), results["timing"]["total_seconds"],
             results["tasks"]["digit"]["student"], cpu.ended - cpu.started)

@@ -181,7 +181,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         callbacks = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
         result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
                        cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
-                       resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id))
+                       resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id),
+                       checkpoint_interval=settings.checkpoint_interval_seconds)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish("succeeded", results=result.results, artifacts=stored)
         shutil.rmtree(workdir, ignore_errors=True)  # the checkpoint is no longer needed

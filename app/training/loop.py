@@ -102,28 +102,42 @@ class _Run:
     online_teachers: list[Teacher] = field(default_factory=list)  # online KD only
     mapped: bool = False  # the teacher cache handed out memory-mapped entries
     placements: dict[str, str] = field(default_factory=dict)  # stage -> "device" | "stream"
+    # Epoch ends closer together than this share one checkpoint (0: every epoch); see train().
+    checkpoint_interval: float = 0.0
+    last_saved: float = field(default_factory=time.perf_counter)
+    unsaved: bool = False  # an epoch ended since the last checkpoint
 
     def elapsed(self) -> float:
         return self.elapsed_before + time.perf_counter() - self.started
 
-    def epochs_done(self) -> int:
-        current = self.state["current"]
-        done = sum(stage["epochs"] for stage in self.state["finished"].values())
-        return done + (current["epoch"] if current else 0)
+    def epochs_done(self, *, stage: str, stage_epochs: int) -> int:
+        """Epochs of the other finished stages plus `stage_epochs` of `stage`."""
+        return stage_epochs + sum(entry["epochs"] for name, entry in self.state["finished"].items()
+                                  if name != stage)
+
+    def checkpoint_due(self) -> bool:
+        return time.perf_counter() - self.last_saved >= self.checkpoint_interval
 
     def save(self) -> None:
         """Serialise the state now; the writer thread puts it on disk while training goes on."""
         self.state["elapsed"] = self.elapsed()
         self.writer.submit(self.state)
+        self.last_saved, self.unsaved = time.perf_counter(), False
 
 
 def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = None,
           job_id: str | None = None, cache_dir: Path | None = None,
-          resolver: FileResolver | None = None) -> Result:
+          resolver: FileResolver | None = None, checkpoint_interval: float = 0.0) -> Result:
     """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
 
     `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
     `resolver` turns the spec's file references into paths (default: local paths).
+    `checkpoint_interval` (seconds): an epoch end writes the checkpoint only when this long has
+    passed since the last one; a stage's last epoch, and an epoch end after a stop was asked
+    for, always write it. With 0 every epoch does. A stop asked for while the last epoch end is
+    unsaved lets the running epoch finish and saves it, so a cancel or a worker shutdown repeats at
+    most the epoch in flight either way; a killed process repeats at most the interval's epochs
+    plus that one.
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -148,7 +162,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     with CheckpointWriter(workdir) as writer:
         run = _Run(spec=spec, workdir=workdir, device=device, callbacks=callbacks or TrainCallbacks(),
                    state=state, total_epochs=sum(plan.epochs for plan in plans), started=started,
-                   elapsed_before=state["elapsed"], writer=writer)
+                   elapsed_before=state["elapsed"], writer=writer,
+                   checkpoint_interval=checkpoint_interval)
         scales = fit_target_scales(data.y_train, spec.tasks)
 
         models: dict[str, nn.Module] = {}
@@ -372,21 +387,25 @@ def _train_stage(run: _Run, plan: StagePlan, staged: StageModel, data: StageData
         epoch_seconds = time.perf_counter() - epoch_started
         seconds += epoch_seconds + checkpointing
         run.state["history"].append(history_row(plan, epoch, epoch_seconds, metrics, losses))
-        weights = staged.weights()
+        checkpointing, save = 0.0, True
         if epoch == plan.epochs:
-            run.state["finished"][plan.name] = {**weights, "epochs": plan.epochs,
+            run.state["finished"][plan.name] = {**staged.weights(), "epochs": plan.epochs,
                                                 "seconds": seconds}
             run.state["current"] = None
-        else:
+        elif run.checkpoint_due() or run.callbacks.should_stop():
             run.state["current"] = {"stage": plan.name, "epoch": epoch, "seconds": seconds,
-                                    **weights, "optimizer": optimizer.state_dict(),
+                                    **staged.weights(), "optimizer": optimizer.state_dict(),
                                     "rng": capture_rng(generator, run.device)}
-        saving_started = time.perf_counter()
-        run.save()
-        checkpointing = time.perf_counter() - saving_started
+        else:  # the checkpoint on disk stays at an earlier epoch for now
+            save, run.unsaved = False, True
+        if save:
+            saving_started = time.perf_counter()
+            run.save()
+            checkpointing = time.perf_counter() - saving_started
         run.callbacks.on_epoch_end(stage=plan.name, epoch=epoch, epochs=plan.epochs,
-                                   progress=run.epochs_done() / run.total_epochs, metrics=metrics,
-                                   losses=losses, seconds=epoch_seconds)
+                                   progress=run.epochs_done(stage=plan.name, stage_epochs=epoch)
+                                   / run.total_epochs,
+                                   metrics=metrics, losses=losses, seconds=epoch_seconds)
     waiting_started = time.perf_counter()
     run.writer.wait()  # the stage's final state is on disk before the next stage starts
     if plan.name in run.state["finished"]:  # in memory (results.json): the full stage time
@@ -417,7 +436,7 @@ def _train_epoch(run: _Run, plan: StagePlan, staged: StageModel, forward: Callab
     staged.train()
     order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
     for rows in batches.epoch(order):
-        if run.callbacks.should_stop():
+        if not run.unsaved and run.callbacks.should_stop():  # unsaved: stop at the epoch's end
             raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
         x = rows.x  # (batch, *input_shape)
         if noise > 0:

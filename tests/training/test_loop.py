@@ -201,3 +201,64 @@ def test_unavailable_cuda_is_a_training_error(tmp_path: Path):
     with pytest.raises(TrainingError) as caught:
         train(tiny_spec(training={"device": "cuda"}), tmp_path)
     assert caught.value.code == "device_unavailable"
+
+
+class CountSaves:
+    """Wrap CheckpointWriter.submit: record (stage, epoch) of every checkpoint submitted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from app.training.checkpoint import CheckpointWriter
+
+        self.saved: list[tuple[str, int]] = []
+        submit = CheckpointWriter.submit
+
+        def counting(writer, state) -> None:  # noqa: ANN001
+            current = state["current"]
+            self.saved.append((current["stage"], current["epoch"]) if current else ("finished", len(state["finished"])))
+            submit(writer, state)
+
+        monkeypatch.setattr(CheckpointWriter, "submit", counting)
+
+
+def test_a_checkpoint_interval_saves_stage_ends_only_and_changes_no_result(
+        tiny_run: tuple[Result, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    uninterrupted, _ = tiny_run
+    saves = CountSaves(monkeypatch)
+    result = train(tiny_spec(), tmp_path, job_id="job-tiny", checkpoint_interval=3600)
+    stages = [stage["name"] for stage in result.results["stages"]]
+    assert saves.saved == [("finished", n) for n in range(1, len(stages) + 1)]  # no mid-stage saves
+    assert result.results["tasks"] == uninterrupted.results["tasks"]
+
+    saves.saved.clear()
+    train(tiny_spec(), tmp_path / "every-epoch", job_id="job-tiny", checkpoint_interval=0)
+    assert len(saves.saved) == sum(stage["epochs"] for stage in result.results["stages"])
+
+
+def test_a_stop_with_unsaved_epochs_finishes_the_epoch_saves_it_and_resumes_exactly(
+        tiny_run: tuple[Result, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Cancel / worker shutdown with interval checkpoints still repeats at most the epoch in flight."""
+    uninterrupted, _ = tiny_run
+
+    class StopInStudentEpoch2(Recorder):
+        stopping = False
+
+        def on_epoch_end(self, **event) -> None:
+            super().on_epoch_end(**event)
+            self.stopping = self.stopping or (event["stage"], event["epoch"]) == ("student", 1)
+
+        def should_stop(self) -> bool:  # asked from the first step of epoch 2 on
+            return self.stopping
+
+    saves = CountSaves(monkeypatch)
+    stopper = StopInStudentEpoch2()
+    with pytest.raises(TrainingCancelled):
+        train(tiny_spec(), tmp_path, callbacks=stopper, job_id="job-tiny", checkpoint_interval=3600)
+    # epoch 1 was unsaved, so epoch 2 ran to its end and was saved before the stop
+    assert [(e["stage"], e["epoch"]) for e in stopper.epochs if e["stage"] == "student"] == [("student", 1), ("student", 2)]
+    assert saves.saved[-1] == ("student", 2)
+    assert load_checkpoint(tmp_path, spec_sha256=spec_sha256(tiny_spec()))["current"]["epoch"] == 2
+
+    recorder = Recorder()
+    resumed = train(tiny_spec(), tmp_path, callbacks=recorder, job_id="job-tiny", checkpoint_interval=3600)
+    assert (recorder.epochs[0]["stage"], recorder.epochs[0]["epoch"]) == ("student", 3)
+    assert resumed.results["tasks"] == uninterrupted.results["tasks"]
