@@ -2,6 +2,14 @@
 
 from typing import Any
 
+# The tasks of the digit datasets (digits-mt, its cross-domain target mnist8x8-mt, mnist1d-mt), all
+# derived from the digit label by registry.digit_targets.
+DIGIT_TASKS: dict[str, dict[str, Any]] = {
+    "digit": {"kind": "multiclass", "num_classes": 10, "description": "digit 0-9"},
+    "parity": {"kind": "multiclass", "num_classes": 2, "description": "digit % 2"},
+    "large": {"kind": "binary", "description": "digit >= 5"},
+}
+
 # What the spec validator and GET /v1/catalog need to know about each built-in dataset.
 # The loaders in this package must produce exactly these tasks, shapes and sizes (a test checks).
 # `transfer_generator`: the dataset can generate unlabelled transfer inputs on demand
@@ -16,11 +24,7 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
         "n_train": 1347,
         "n_test": 450,
         "transfer_generator": False,
-        "tasks": {
-            "digit": {"kind": "multiclass", "num_classes": 10, "description": "digit 0-9"},
-            "parity": {"kind": "multiclass", "num_classes": 2, "description": "digit % 2"},
-            "large": {"kind": "binary", "description": "digit >= 5"},
-        },
+        "tasks": DIGIT_TASKS,
     },
     "mnist8x8-mt": {
         "description": (
@@ -32,11 +36,7 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
         "n_train": 4000,
         "n_test": 1000,
         "transfer_generator": False,
-        "tasks": {
-            "digit": {"kind": "multiclass", "num_classes": 10, "description": "digit 0-9"},
-            "parity": {"kind": "multiclass", "num_classes": 2, "description": "digit % 2"},
-            "large": {"kind": "binary", "description": "digit >= 5"},
-        },
+        "tasks": DIGIT_TASKS,
     },
     "mnist1d-mt": {
         "description": (
@@ -48,11 +48,7 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
         "n_train": 4000,
         "n_test": 1000,
         "transfer_generator": True,
-        "tasks": {
-            "digit": {"kind": "multiclass", "num_classes": 10, "description": "digit 0-9"},
-            "parity": {"kind": "multiclass", "num_classes": 2, "description": "digit % 2"},
-            "large": {"kind": "binary", "description": "digit >= 5"},
-        },
+        "tasks": DIGIT_TASKS,
     },
     "penguins": {
         "description": (

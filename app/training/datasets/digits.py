@@ -2,7 +2,7 @@
 
 import torch
 
-from app.training.datasets.registry import DatasetSplits, register_builtin
+from app.training.datasets.registry import DatasetSplits, digit_targets, register_builtin
 
 TEST_SIZE = 0.25
 SPLIT_SEED = 0  # the split is fixed: the same for every job seed
@@ -21,11 +21,7 @@ def load_digits_mt() -> DatasetSplits:
         torch.arange(len(x)).numpy(), test_size=TEST_SIZE, random_state=SPLIT_SEED,
         stratify=digit.numpy())
     train_idx, test_idx = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
-    targets = {
-        "digit": digit,
-        "parity": digit % 2,
-        "large": (digit >= 5).float(),
-    }
+    targets = digit_targets(digit)
     return DatasetSplits(
         x_train=x[train_idx], x_test=x[test_idx],
         y_train={task: y[train_idx] for task, y in targets.items()},

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from app.training.datasets.registry import (
-    DatasetSplits, register_builtin, register_transfer_generator)
+    DatasetSplits, digit_targets, register_builtin, register_transfer_generator)
 
 NAME = "mnist1d-mt"
 CANONICAL_SEED = 42  # get_dataset_args()'s seed: the paper's dataset
@@ -80,7 +80,7 @@ def load_mnist1d_mt() -> DatasetSplits:
     for split in ("train", "test"):
         digit = torch.tensor(data[f"y_{split}"])  # (n,) int64
         splits[split] = (torch.tensor(data[f"x_{split}"]),  # (n, 40) float32
-                         {"digit": digit, "parity": digit % 2, "large": (digit >= 5).float()})
+                         digit_targets(digit))
     return DatasetSplits(x_train=splits["train"][0], x_test=splits["test"][0],
                          y_train=splits["train"][1], y_test=splits["test"][1])
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from app.training.datasets.multimnist import source_images, source_split
-from app.training.datasets.registry import DatasetSplits, register_builtin
+from app.training.datasets.registry import DatasetSplits, digit_targets, register_builtin
 
 NAME = "mnist8x8-mt"
 BITMAP = 32  # UCI optdigits' bitmap side
@@ -58,5 +58,5 @@ def load_mnist8x8_mt() -> DatasetSplits:
     for split, rows in source_split().items():
         digit = torch.from_numpy(digits[rows])
         x[split] = to_8x8(images[rows])
-        y[split] = {"digit": digit, "parity": digit % 2, "large": (digit >= 5).float()}
+        y[split] = digit_targets(digit)
     return DatasetSplits(x_train=x["train"], x_test=x["test"], y_train=y["train"], y_test=y["test"])

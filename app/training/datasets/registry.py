@@ -17,6 +17,11 @@ from app.training.spec import DatasetSpec, TaskSpec
 _LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "yeast")
 
 
+def digit_targets(digit: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The targets of catalog.DIGIT_TASKS from digit labels (n,) int64."""
+    return {"digit": digit, "parity": digit % 2, "large": (digit >= 5).float()}
+
+
 @dataclass(frozen=True)
 class DatasetSplits:
     """Train and test tensors of one dataset, with notes on how its rows were cleaned.
