@@ -4,11 +4,14 @@ import json
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from app.uploads import BadUpload
 
-PURPOSES = ("dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs", "teacher_torchscript")
+# The one list of upload purposes: the API's request/response models and OpenAPI enum use it too.
+FilePurpose = Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
+                      "teacher_torchscript"]
+PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 # Purposes whose files run code when the engine loads them: accepted only where the server allows it.
 CODE_PURPOSES = {"teacher_torchscript": "DISTILLERY_ALLOW_TORCHSCRIPT"}
 PICKLE_HINT = "pickle files (and torch.save checkpoints, which are pickles) run code when loaded and are refused"

@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.filecheck import FilePurpose
 from app.training.spec import JobSpec
 
 JobCreate = JobSpec
@@ -120,8 +121,7 @@ class FileOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
-    purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
-                     "teacher_torchscript"]
+    purpose: FilePurpose
     filename: str
     size: int
     sha256: str

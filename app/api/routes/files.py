@@ -1,11 +1,12 @@
 """Uploaded files: datasets, transfer sets and teachers."""
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.problems import problems
+from app.filecheck import PURPOSES, FilePurpose
 from app.schemas import FileList, FileOut
 from app.services import files as file_service
 from app.uploads import PayloadTooLarge
@@ -18,8 +19,7 @@ _UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-da
     "type": "object", "required": ["file", "purpose"],
     "properties": {
         "file": {"type": "string", "format": "binary"},
-        "purpose": {"type": "string", "enum": ["dataset", "transfer_set", "teacher_weights", "teacher_onnx",
-                                                 "teacher_outputs", "teacher_torchscript"]},
+        "purpose": {"type": "string", "enum": list(PURPOSES)},
     }}}}}}
 
 
@@ -37,8 +37,7 @@ async def upload_file(request: Request, db: SessionDep, tenant: TenantDep, setti
 
 @router.get("", response_model=FileList, responses=problems(401, 422))
 def list_files(db: SessionDep, tenant: TenantDep,
-               purpose: Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx",
-                                "teacher_outputs", "teacher_torchscript"] | None = Query(default=None)) -> FileList:
+               purpose: FilePurpose | None = Query(default=None)) -> FileList:
     """List the caller's files, newest first."""
     return FileList(data=[FileOut.model_validate(f) for f in file_service.list_files(db=db, tenant=tenant,
                                                                                        purpose=purpose)])
