@@ -102,12 +102,10 @@ def soft_tasks(spec: JobSpec, plan: StagePlan) -> list[TaskSpec]:
 
 
 def masked_hard_loss(task: TaskSpec, logits: torch.Tensor, target: torch.Tensor,
-                     labelled: torch.Tensor | None, *, checked: bool = False) -> torch.Tensor:
-    """Return the task's supervised loss over the labelled rows (0 when the batch has none;
-    `checked`: the caller knows some row is labelled, which saves a device sync per task)."""
+                     labelled: torch.Tensor | None) -> torch.Tensor:
+    """Return the task's supervised loss over the labelled rows (None: all rows). The caller
+    handles a batch without any labelled row (StageTerms.compute checks once for all tasks)."""
     if labelled is not None:
-        if not checked and not bool(labelled.any()):
-            return logits.sum() * 0.0  # keeps the graph; contributes nothing
         logits, target = logits[labelled], target[labelled]
     return HARD_LOSSES[task.kind](logits, target)
 
@@ -142,7 +140,7 @@ class StageTerms:
         else:
             for name, task in self.hard:
                 terms[name] = masked_hard_loss(task, batch.logits[task.name],
-                                               batch.targets[task.name], labelled, checked=True)
+                                               batch.targets[task.name], labelled)
         for name, task, loss, temperature in self.soft:
             terms[name] = loss(batch.logits[task], batch.teacher_logits[task],
                                temperature=temperature)
