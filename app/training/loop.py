@@ -115,6 +115,10 @@ class _Run:
         return stage_epochs + sum(entry["epochs"] for name, entry in self.state["finished"].items()
                                   if name != stage)
 
+    def teaches_online(self, plan: StagePlan) -> bool:
+        """The stage reads teacher targets and they come from a teacher forward every step."""
+        return bool(self.online_teachers) and uses_teachers(plan)
+
     def checkpoint_due(self) -> bool:
         return time.perf_counter() - self.last_saved >= self.checkpoint_interval
 
@@ -336,8 +340,7 @@ def _trained_model(run: _Run, plan: StagePlan, data: StageData, *,
     if init is not None:
         model.load_state_dict(init)
     finished = run.state["finished"].get(plan.name)
-    online = bool(run.online_teachers) and uses_teachers(plan)
-    soft = data.soft if uses_teachers(plan) and not online else None
+    soft = data.soft if uses_teachers(plan) and not run.teaches_online(plan) else None
     placement, why = choose_placement(
         run.spec.training.data_placement, run.device,
         nbytes=stage_bytes(data.x, data.targets, data.labelled, soft),
@@ -425,7 +428,7 @@ def _train_epoch(run: _Run, plan: StagePlan, staged: StageModel, forward: Callab
     coefficients = stage_coefficients(spec, plan, list(staged.adaptors))
     term_plan = stage_term_plan(spec, plan)  # per epoch, not per step
     noise = spec.training.input_noise if plan.role in ("student", "baseline") else 0.0
-    online = bool(run.online_teachers) and uses_teachers(plan)
+    online = run.teaches_online(plan)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
                 else contextlib.nullcontext())
     shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
