@@ -160,17 +160,18 @@ def load_checkpoint(workdir: Path, *, spec_sha256: str) -> dict[str, Any] | None
 
     Starting afresh removes the finished-stage files too, so no stale weights outlive the
     checkpoint that named them."""
-    path = workdir / CHECKPOINT_NAME
-    state = _read(workdir, spec_sha256=spec_sha256) if path.exists() else None
+    state = _read(workdir, spec_sha256=spec_sha256)
     if state is None:
         shutil.rmtree(workdir / FINISHED_DIR, ignore_errors=True)
     return state
 
 
 def _read(workdir: Path, *, spec_sha256: str | None) -> dict[str, Any] | None:
-    """Read checkpoint.pt and merge its finished stages' files back in; None where anything is
-    unreadable or belongs to another spec (`spec_sha256` None: whichever spec wrote it)."""
+    """Read checkpoint.pt and merge its finished stages' files back in; None where there is none,
+    or anything is unreadable or belongs to another spec (`spec_sha256` None: whichever spec wrote it)."""
     path = workdir / CHECKPOINT_NAME
+    if not path.exists():
+        return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("format") != FORMAT or spec_sha256 not in (None, state.get("spec_sha256")):
@@ -192,7 +193,7 @@ def _read(workdir: Path, *, spec_sha256: str | None) -> dict[str, Any] | None:
 def read_finished(workdir: Path) -> dict[str, dict[str, Any]]:
     """Return the finished stages' entries (weights, epochs, seconds) saved in `workdir`, for
     tools and tests that inspect a job's trained weights; {} when there is no readable state."""
-    state = _read(workdir, spec_sha256=None) if (workdir / CHECKPOINT_NAME).exists() else None
+    state = _read(workdir, spec_sha256=None)
     return state["finished"] if state else {}
 
 
