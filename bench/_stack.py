@@ -14,6 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.procs import free_port, redis_server
+
 ROOT = Path(__file__).resolve().parent.parent
 # Unset: each stack starts its own throwaway redis-server, so two benchmarks (or a benchmark and the
 # tests) never consume each other's messages. Set it to measure against a given server; that
@@ -44,14 +46,6 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _database(backend: str, data_dir: Path) -> Iterator[str]:
     if backend == "embedded":
@@ -67,10 +61,8 @@ def _redis(data_dir: Path) -> Iterator[str]:
     if REDIS:
         yield REDIS
         return
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--logfile", str(data_dir / "redis.log")],
-                            start_new_session=True)
+    port = free_port()
+    proc = redis_server(port, data_dir / "redis.log")
     try:
         import redis
 
@@ -106,7 +98,7 @@ def stack(*, backend: str = "postgres", api_workers: int = 1, worker: bool = Tru
         subprocess.run([*cli, "migrate"], env=env, check=True, cwd=ROOT, capture_output=True)
         key = subprocess.run([*cli, "keys", "create", "bench"], env=env, check=True, cwd=ROOT,
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
-        port = _free_port()
+        port = free_port()
         procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
                                    "--workers", str(api_workers), "--log-level", "warning"],
                                   env=env, cwd=ROOT, start_new_session=True)]

@@ -25,7 +25,8 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._stack import ROOT, _free_port, child_pids, rss_mib, stack  # noqa: E402
+from bench._stack import ROOT, child_pids, rss_mib, stack  # noqa: E402
+from tests.procs import free_port  # noqa: E402
 from bench.load_status import percentile  # noqa: E402
 from tests.conftest import tiny_spec  # noqa: E402
 
@@ -93,7 +94,7 @@ def main() -> None:
             assert r.status_code == 201, r.text
         report["submit_p50_ms"] = round(1000 * statistics.median(submit), 1)
         report["submit_p99_ms"] = round(1000 * percentile(submit, 0.99), 1)
-        port = _free_port()
+        port = free_port()
         bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
                                  "--log-level", "warning"], cwd=ROOT, start_new_session=True, env=s.env)
         try:

@@ -40,6 +40,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def redis_server(port: int, log: Path) -> subprocess.Popen:
+    """Start a private, non-persistent redis-server on `port` (its own session, so it can be killed)."""
+    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--logfile", str(log)], start_new_session=True)
+
+
 class Proc:
     def __init__(self, popen: subprocess.Popen, log: Path):
         self.popen, self.log = popen, log

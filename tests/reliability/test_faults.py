@@ -12,19 +12,11 @@ import pytest
 
 from app.config import Settings
 from tests.conftest import tiny_spec
-from tests.procs import api_argv, env_for, free_port, running, wait_http, wait_until, worker_argv
-from tests.worker.test_run_job import events, in_student_stage, load, make_job
+from tests.procs import (api_argv, env_for, free_port, redis_server, running, wait_http, wait_until,
+                         worker_argv)
+from tests.worker.test_run_job import events, in_student_stage, load, long_spec, make_job
 
 pytestmark = pytest.mark.slow
-
-
-def _long_spec(epochs: int = 30) -> dict:
-    return tiny_spec(training={"epochs": epochs, "batch_size": 128, "lr": 0.003, "seed": 0})
-
-
-def _redis_server(port: int, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--logfile", str(log)], start_new_session=True)
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs the redis-server binary")
@@ -32,19 +24,19 @@ def _redis_server(port: int, log: Path) -> subprocess.Popen:
 def test_redis_killed_and_restarted_mid_job(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
     port = free_port()
     broker = f"redis://127.0.0.1:{port}/0"
-    redis = _redis_server(port, tmp_path / "redis1.log")
+    redis = redis_server(port, tmp_path / "redis1.log")
     try:
         wait_until(lambda: _ping(port), timeout=10, what="private redis")
         local = settings.model_copy(update={"broker_url": broker, "resend_queued_after_seconds": 5.0})
         env = env_for(local, DISTILLERY_RESEND_QUEUED_AFTER_SECONDS="5")
-        running_job = make_job(local, _long_spec(), send=True)
+        running_job = make_job(local, long_spec(), send=True)
         waiting_job = make_job(local, tiny_spec(), send=True)  # its message dies with the broker
         with running(worker_argv("redis-fault"), env=env, log=tmp_path / "worker.log"):
             wait_until(lambda: in_student_stage(local, running_job, epoch=2), timeout=120, what="student stage")
             redis.send_signal(signal.SIGKILL)
             redis.wait(timeout=10)
             time.sleep(2)
-            redis = _redis_server(port, tmp_path / "redis2.log")  # empty: every message is gone
+            redis = redis_server(port, tmp_path / "redis2.log")  # empty: every message is gone
             restarted = time.monotonic()
             for job_id in (running_job, waiting_job):
                 wait_until(lambda j=job_id: load(local, j).status == "succeeded", timeout=180, what=f"{job_id} success")
@@ -74,7 +66,7 @@ def _pg_restart() -> None:
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs a local PostgreSQL cluster to restart")
 @pytest.mark.parametrize("settings", ["postgres"], indirect=True)
 def test_postgres_restarted_mid_job(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
-    job_id = make_job(settings, _long_spec(), send=True)
+    job_id = make_job(settings, long_spec(), send=True)
     with running(worker_argv("pg-fault"), env=env_for(settings), log=tmp_path / "worker.log") as worker:
         wait_until(lambda: in_student_stage(settings, job_id, epoch=2), timeout=120, what="student stage")
         restart_started = time.monotonic()
@@ -123,7 +115,7 @@ def test_cancel_running_job_on_a_real_worker_frees_it_for_the_next(settings: Set
     from app.models import Job
     from app.services.jobs import request_cancel
 
-    long_job = make_job(settings, _long_spec(epochs=300), send=True)
+    long_job = make_job(settings, long_spec(epochs=300), send=True)
     next_job = make_job(settings, tiny_spec(), send=True)
     with running(worker_argv("cancel"), env=env_for(settings), log=tmp_path / "worker.log"):
         wait_until(lambda: in_student_stage(settings, long_job, epoch=2), timeout=120, what="student stage")

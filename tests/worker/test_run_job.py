@@ -109,7 +109,7 @@ def in_student_stage(settings: Settings, job_id: str, *, epoch: int) -> bool:
     return metrics.get("stage") == "student" and metrics.get("epoch", 0) >= epoch
 
 
-def _long_spec(epochs: int = 30) -> dict[str, Any]:
+def long_spec(epochs: int = 30) -> dict[str, Any]:
     return tiny_spec(training={"epochs": epochs, "batch_size": 128, "lr": 0.003, "seed": 0})
 
 
@@ -125,7 +125,7 @@ def test_worker_process_runs_job_and_duplicate_message_is_ignored(settings: Sett
 
 @pytest.mark.slow
 def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
-    job_id = make_job(settings, _long_spec(), send=True)
+    job_id = make_job(settings, long_spec(), send=True)
     env = env_for(settings)
     with running(worker_argv("term1"), env=env, log=tmp_path / "w1.log") as worker:
         wait_until(lambda: in_student_stage(settings, job_id, epoch=3), timeout=120, what="student epoch 3")
@@ -149,7 +149,7 @@ def test_sigterm_requeues_promptly_and_the_job_resumes(settings: Settings, tmp_p
 
 @pytest.mark.slow
 def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: Path, record_property) -> None:  # noqa: ANN001
-    job_id = make_job(settings, _long_spec(), send=True)
+    job_id = make_job(settings, long_spec(), send=True)
     # Every epoch checkpointed, so the resume point is exact. With the default interval a kill
     # also repeats the epochs of the last 2 s (tests/training/test_loop.py covers the interval).
     env = env_for(settings, DISTILLERY_CHECKPOINT_INTERVAL_SECONDS="0")
@@ -172,7 +172,7 @@ def test_killed_worker_is_reaped_and_job_resumes(settings: Settings, tmp_path: P
     assert len(student_epochs) - 30 <= 1  # at most the epoch in flight is done again
     record_property("epochs_repeated", len(student_epochs) - 30)
     # the resumed student is the one an uninterrupted run with the same seed gives
-    reference = make_job(settings, _long_spec())
+    reference = make_job(settings, long_spec())
     assert execute_job(reference, settings=settings) == "succeeded"
     assert job.results["tasks"] == load(settings, reference).results["tasks"]
 
@@ -184,7 +184,7 @@ def test_redelivery_after_visibility_timeout_runs_the_job_once(settings: Setting
     env = env_for(settings, DISTILLERY_VISIBILITY_TIMEOUT_SECONDS="2")
     # The job must outlast the second worker's start (~5 s with its preload): ~15 s here. At 30
     # epochs it ran in 2 s once children stopped re-importing torch._dynamo and sklearn per job.
-    job_id = make_job(settings, _long_spec(epochs=300), send=True)
+    job_id = make_job(settings, long_spec(epochs=300), send=True)
     with running(worker_argv("vis1"), env=env, log=tmp_path / "v1.log") as first:
         wait_until(lambda: load(settings, job_id).status == "running", timeout=60, what="job running")
         with running(worker_argv("vis2"), env=env, log=tmp_path / "v2.log") as second:
