@@ -1,9 +1,11 @@
 """Teacher-output cache: teacher logits/features stored on disk under a content-addressed key.
 
-The key hashes the teacher's identity (weights or file bytes), the inputs it ran on and the
+The key hashes the teacher's identity (weights or file bytes, the source settings that shape its
+outputs, its architecture and tasks: see teachers.teacher_identity), the inputs it ran on and the
 preprocessing, so a later job with the same teacher and data reuses the outputs without running
-the teacher. Each entry is a directory of .npy files (written atomically as a whole); files above
-`memmap_bytes` are memory-mapped when read instead of loaded.
+the teacher, and a job that would get different outputs never does. Each entry is a directory of
+.npy files (written atomically as a whole); files above `memmap_bytes` are memory-mapped when read
+instead of loaded.
 """
 
 import hashlib
@@ -15,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-PREPROCESSING = "float32-rows-v1"  # bump when the way inputs reach a teacher changes
+# Bump when the way inputs reach a teacher, or what an identity covers, changes: old keys must
+# not match. v2: identities cover output settings, architecture and tasks, not only the bytes.
+PREPROCESSING = "float32-rows-v2"
 MEMMAP_BYTES = 64 << 20
 
 Tensors = dict[str, torch.Tensor]

@@ -51,7 +51,7 @@ def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | N
     source = teacher.source
     if source.train is not None:
         assert trained is not None
-        return ModelTeacher(trained)
+        return ModelTeacher(trained, arch=source.train.arch, tasks=tasks)
     if source.weights is not None:
         return load_weights_teacher(source.weights, tasks=tasks, input_shape=input_shape,
                                     resolver=resolver, name=teacher.name)

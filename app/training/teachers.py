@@ -2,15 +2,17 @@
 (only where the caller allows it: loading one runs its code), precomputed.
 
 Every teacher answers `outputs(x) -> TeacherOutputs` (logits per task, optional trunk features)
-and names an `identity` for the output cache. Files are found through a FileResolver, so the
-uploads API can map its file ids to paths without the engine knowing about HTTP.
+and names an `identity` for the output cache: everything that shapes its outputs (content hash,
+output settings, architecture, tasks), never a file path. Files are found through a FileResolver,
+so the uploads API can map its file ids to paths without the engine knowing about HTTP.
 """
 
 import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,7 +21,8 @@ from torch import nn
 from app.training.cache import tensor_sha256
 from app.training.errors import TrainingError
 from app.training.models import build_model, count_params, output_size
-from app.training.spec import OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec, WeightsSourceSpec
+from app.training.spec import (ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec,
+                               WeightsSourceSpec)
 
 Tensors = dict[str, torch.Tensor]
 PREDICT_BATCH = 4096
@@ -76,13 +79,37 @@ class TeacherOutputs:
                               features=None if self.features is None else self.features[index])
 
 
-class ModelTeacher:
-    """A zoo model teacher (trained in the job or loaded from safetensors)."""
+def teacher_identity(*, kind: str, content_sha256: str, settings: dict[str, Any],
+                     tasks: Sequence[TaskSpec]) -> str:
+    """Return the canonical JSON naming a teacher's outputs for the cache.
 
-    def __init__(self, model: nn.Module) -> None:
+    `settings` are the source's output-shaping fields without its file reference (a path or an
+    upload id is not content: the same bytes under another name give the same outputs); the
+    tasks go in teacher order, since a concatenated output is split in that order.
+    """
+    return json.dumps({"kind": kind, "content": content_sha256, "settings": settings,
+                       "tasks": [[t.name, t.kind, t.num_classes] for t in tasks]},
+                      sort_keys=True, separators=(",", ":"))
+
+
+def _file_sha256(path: Path) -> str:
+    """Return the sha256 of a file's bytes, read in 1 MiB blocks (teacher files can be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ModelTeacher:
+    """A zoo model teacher (trained in the job or loaded from safetensors) of `arch` over `tasks`."""
+
+    def __init__(self, model: nn.Module, *, arch: ArchSpec, tasks: Sequence[TaskSpec]) -> None:
         self.model = model.eval()
         self.params: int | None = count_params(model)
-        self.identity = "zoo:" + tensor_sha256(*model.state_dict().values())
+        self.identity = teacher_identity(
+            kind="zoo", content_sha256=tensor_sha256(*model.state_dict().values()),
+            settings={"arch": arch.model_dump(mode="json")}, tasks=tasks)
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> TeacherOutputs:
@@ -111,7 +138,7 @@ def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec]
         raise TrainingError(code="teacher_mismatch", message=(
             f"teacher '{name}': weights in '{source.file}' do not fit the declared architecture "
             f"and tasks: {str(error).splitlines()[0][:300]}")) from None
-    return ModelTeacher(model)
+    return ModelTeacher(model, arch=source.arch, tasks=tasks)
 
 
 def _outputs_in_batches(x: torch.Tensor, tasks: Sequence[TaskSpec],
@@ -167,7 +194,9 @@ class OnnxTeacher:
                 f"teacher '{name}': '{source.file}' is not a readable ONNX model: "
                 f"{str(error).splitlines()[0][:300]}")) from None
         self.params = int(sum(np.prod(init.dims) for init in graph.initializer))
-        self.identity = "onnx:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        self.identity = teacher_identity(kind="onnx", content_sha256=_file_sha256(path),
+                                         settings=source.model_dump(mode="json", exclude={"file"}),
+                                         tasks=self.tasks)
         self.input_name = self.session.get_inputs()[0].name
         names = [output.name for output in self.session.get_outputs()]
         wanted = [t.name for t in self.tasks] if source.outputs == "by_task" else []
@@ -211,7 +240,9 @@ class TorchScriptTeacher:
                 f"teacher '{name}': '{source.file}' is not a loadable TorchScript module: "
                 f"{str(error).splitlines()[0][:300] if str(error) else type(error).__name__}")) from None
         self.params = int(sum(p.numel() for p in self.module.parameters()))
-        self.identity = "torchscript:" + hashlib.sha256(path.read_bytes()).hexdigest()
+        self.identity = teacher_identity(kind="torchscript", content_sha256=_file_sha256(path),
+                                         settings=source.model_dump(mode="json", exclude={"file"}),
+                                         tasks=self.tasks)
 
     def outputs(self, x: torch.Tensor) -> TeacherOutputs:
         """Call the module over x in batches and split its answer per task."""

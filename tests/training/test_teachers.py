@@ -113,7 +113,7 @@ def test_onnx_teacher_gives_the_same_outputs_as_its_torch_model(zoo_teacher, tmp
 
     onnx = OnnxTeacher(spec.teachers[0].source.onnx, tasks=spec.tasks, resolver=LocalFileResolver(),
                        name="given").outputs(x)
-    torch_outputs = ModelTeacher(zoo_teacher).outputs(x)
+    torch_outputs = ModelTeacher(zoo_teacher, arch=ArchSpec(trunk=[32]), tasks=spec.tasks).outputs(x)
     for task in TASKS:
         assert torch.allclose(onnx.logits[task], torch_outputs.logits[task], atol=1e-4)
     assert torch.allclose(onnx.features, torch_outputs.features, atol=1e-4)
@@ -142,7 +142,7 @@ def test_precomputed_outputs_are_used_as_given(zoo_teacher, tmp_path: Path):
     data = load_dataset(spec.dataset, tasks=spec.tasks)
     arrays = {}
     for split, x in (("train", data.x_train), ("test", data.x_test)):
-        outputs = ModelTeacher(zoo_teacher).outputs(x)
+        outputs = ModelTeacher(zoo_teacher, arch=ArchSpec(trunk=[32]), tasks=spec.tasks).outputs(x)
         arrays.update({f"{split}.{task}": z.numpy() for task, z in outputs.logits.items()})
         arrays[f"{split}.features"] = outputs.features.numpy()
     np.savez(tmp_path / "outputs.npz", **arrays)
