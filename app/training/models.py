@@ -16,10 +16,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from app.training.catalog import ARCH_INPUT_RANKS
 from app.training.spec import ArchSpec, TaskSpec
-
-# Input ranks (len(input_shape)) each convolutional architecture accepts: with or without channels.
-CONV_INPUT_RANKS = {"cnn1d": (1, 2), "cnn2d": (2, 3)}
 
 
 def output_size(task: TaskSpec) -> int:
@@ -126,8 +124,8 @@ def build_mlp(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, 
 
 def build_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
     """Build a 1-D or 2-D MultiTaskCNN for inputs with or without a channel axis."""
-    if len(input_shape) not in CONV_INPUT_RANKS[arch.type]:
-        raise ValueError(f"{arch.type} needs inputs of rank {CONV_INPUT_RANKS[arch.type]} "
+    if len(input_shape) not in ARCH_INPUT_RANKS[arch.type]:
+        raise ValueError(f"{arch.type} needs inputs of rank {ARCH_INPUT_RANKS[arch.type]} "
                          f"(without the batch axis), got shape {list(input_shape)}")
     assert arch.channels is not None and arch.kernel_size is not None  # filled in by ArchSpec
     return MultiTaskCNN(dims=1 if arch.type == "cnn1d" else 2, input_shape=input_shape,

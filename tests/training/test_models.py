@@ -10,7 +10,8 @@ from pydantic import ValidationError
 
 from app.training.export import write_onnx
 from app.training.models import ARCHITECTURES, build_model, count_params
-from app.training.spec import ArchSpec, JobSpec, TaskSpec, catalog
+from app.training.catalog import catalog
+from app.training.spec import ArchSpec, JobSpec, TaskSpec
 from tests.training.conftest import tiny_spec_dict
 
 TASKS = [TaskSpec(name="kind", kind="multiclass", num_classes=3), TaskSpec(name="flag", kind="binary"),

@@ -85,5 +85,38 @@ def test_every_source_validates_and_writes_defaults_back():
     data["teachers"][1]["source"] = {"weights": {"file": "w.safetensors", "arch": {"hidden": [8]}}}
     dumped = JobSpec.model_validate(data).model_dump(mode="json")
     assert dumped["teachers"][0]["source"]["onnx"] == {"file": "t.onnx", "outputs": "by_task",
-                                                       "features": None}
+                                                       "features": None, "outputs_are": "logits"}
+    assert dumped["teachers"][0]["weight"] == 1.0
     assert dumped["teachers"][1]["source"]["weights"]["arch"]["trunk"] == [8]
+
+
+def test_input_noise_with_cached_teacher_targets_is_refused_naming_both_fields():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate(tiny_spec_dict(training={"input_noise": 0.1}))
+    error = caught.value.errors()[0]
+    assert error["loc"] == ("training",) and error["type"] == "noise_without_online"
+    assert "training.input_noise" in error["msg"] and "distillation.online" in error["msg"]
+    JobSpec.model_validate(tiny_spec_dict(training={"input_noise": 0.1},
+                                          distillation={"online": True}))
+
+
+def test_a_source_domain_teacher_must_name_another_dataset():
+    data = tiny_spec_dict()
+    data["teachers"][0]["source"]["train"]["dataset"] = "digits-mt"
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate(data)
+    error = caught.value.errors()[0]
+    assert error["type"] == "source_is_target" and "teachers[0].source.train.dataset" in error["msg"]
+
+
+def test_protocol_fields_validate():
+    spec = JobSpec.model_validate(tiny_spec_dict(
+        training={"schedule": "cosine", "warmup_steps": 5, "selection": "best",
+                  "early_stopping": {"patience": 3}}, dataset={"validation_fraction": 0.2}))
+    assert spec.training.early_stopping.min_delta == 0.0 and spec.dataset.validation_fraction == 0.2
+    for bad in ({"schedule": "onecycle", "warmup_steps": 5}, {"selection": "worst"},
+                {"early_stopping": {"patience": 0}}, {"eval_every": 0}):
+        with pytest.raises(ValidationError):
+            JobSpec.model_validate(tiny_spec_dict(training=bad))
+    with pytest.raises(ValidationError):
+        JobSpec.model_validate(tiny_spec_dict(dataset={"validation_fraction": 0.0}))

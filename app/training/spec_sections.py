@@ -1,0 +1,361 @@
+"""The sections of a job spec (dataset, tasks, teachers, student, distillation, weighting,
+training), each a small pydantic model with the checks that need only its own fields.
+
+Cross-section rules live in spec.py (JobSpec). Names come from catalog.py's tables.
+"""
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from app.training.catalog import (ARCH_INPUT_RANKS, KINDS_WITH_CLASSES, PRESET_TERMS,
+                                  TEACHER_SOURCES, ArchType, DatasetFormat, DeviceName, OnnxOutputs,
+                                  OutputsAre,
+                                  PlacementName, ScheduleName, SelectionName, StrategyName,
+                                  TaskKind, TermName, WeightingMethod)
+from app.training.datasets.catalog import BUILTIN_DATASETS
+
+# Names end up in file names, ONNX output names and CSV headers: keep them plain.
+Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
+Width = Annotated[int, Field(ge=1, le=16384)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+UnitFloat = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# A file reference: a local path now; the uploads API maps its file ids through the same resolver.
+FileRef = Annotated[str, Field(min_length=1, max_length=1000)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _error(kind: str, message: str) -> PydanticCustomError:
+    # Braces in user-given names must not be read as format placeholders.
+    return PydanticCustomError(kind, message.replace("{", "{{").replace("}", "}}"))
+
+
+def _unset(value: Any) -> bool:
+    return value is None
+
+
+class DatasetSpec(_Strict):
+    """Where the rows come from: a built-in dataset, or an uploaded file (NPZ, CSV or Parquet).
+
+    Files: NPZ holds `x` and `y_<task>` arrays (optional `split`); a table maps each task to a
+    column (`targets`, default: the column named after the task; multilabel: a list of columns),
+    its features are `features` (default: every other column), and `split_column` may fix the split
+    ("train", "val"/"validation", "test").
+    Validation rows: those the split marks, else a seeded `validation_fraction` of train,
+    stratified like the test split.
+    """
+
+    # Only the fields given are stored (a built-in spec keeps its original form and sha256).
+    builtin: str | None = Field(default=None, exclude_if=_unset)
+    file: FileRef | None = Field(default=None, exclude_if=_unset)
+    format: DatasetFormat | None = Field(default=None, exclude_if=_unset)
+    targets: dict[str, str | list[str]] | None = Field(default=None, exclude_if=_unset)
+    features: list[str] | None = Field(default=None, exclude_if=_unset, min_length=1)
+    split_column: str | None = Field(default=None, exclude_if=_unset)
+    # Tables: numeric features are standardised with train statistics unless this is false (set it
+    # false when an uploaded teacher expects the raw feature values).
+    standardize: bool | None = Field(default=None, exclude_if=_unset)
+    validation_fraction: float = Field(default=0.1, gt=0, le=0.5, allow_inf_nan=False)
+
+    @field_validator("builtin")
+    @classmethod
+    def _known_builtin(cls, name: str | None) -> str | None:
+        return None if name is None else _known_dataset(name)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DatasetSpec":
+        if (self.builtin is None) == (self.file is None):
+            raise _error("dataset_source", "dataset: give exactly one of 'builtin' or 'file'")
+        if self.file is not None and self.format is None:
+            raise _error("dataset_format", "dataset.format: say how to read the file: npz, csv or parquet")
+        table_only = [f for f in ("targets", "features", "split_column", "standardize") if getattr(self, f) is not None]
+        if table_only and self.format != "csv" and self.format != "parquet":
+            raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
+        return self
+
+
+def _known_dataset(name: str) -> str:
+    if name not in BUILTIN_DATASETS:
+        known = ", ".join(sorted(BUILTIN_DATASETS))
+        raise _error("unknown_dataset", f"unknown built-in dataset '{name}'; known: {known}")
+    return name
+
+class TaskSpec(_Strict):
+    """One prediction task of the multi-task student."""
+
+    name: Name
+    kind: TaskKind
+    num_classes: int | None = Field(default=None, ge=1, le=100000)
+    distill: bool = True  # False: hard labels only, no teacher needed and no soft term
+
+    @model_validator(mode="after")
+    def _classes_match_kind(self) -> "TaskSpec":
+        if self.kind in KINDS_WITH_CLASSES and self.num_classes is None:
+            raise _error("missing_num_classes", f"num_classes is required for a {self.kind} task")
+        if self.kind == "multiclass" and self.num_classes is not None and self.num_classes < 2:
+            raise _error("too_few_classes", "num_classes must be >= 2 for a multiclass task")
+        if self.kind not in KINDS_WITH_CLASSES and self.num_classes is not None:
+            raise _error("unexpected_num_classes", f"num_classes is not used by a {self.kind} task")
+        return self
+
+
+class ArchSpec(_Strict):
+    """A zoo architecture; `hidden` is accepted as another name for `trunk`.
+
+    `channels` and `kernel_size` belong to cnn1d/cnn2d (defaults filled in there, absent from an
+    mlp's stored form); for those, `trunk` lists the dense layers after global pooling.
+    """
+
+    type: ArchType = "mlp"
+    trunk: list[Width] = Field(default_factory=lambda: [64], max_length=16)
+    head: list[Width] = Field(default_factory=list, max_length=16)
+    dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
+    channels: list[Width] | None = Field(default=None, min_length=1, max_length=16,
+                                         exclude_if=lambda value: value is None)
+    kernel_size: int | None = Field(default=None, ge=1, le=31, exclude_if=lambda value: value is None)
+
+    @model_validator(mode="after")
+    def _conv_fields_match_type(self) -> "ArchSpec":
+        if self.type not in ARCH_INPUT_RANKS:
+            given = [name for name in ("channels", "kernel_size") if getattr(self, name) is not None]
+            if given:
+                raise _error("unexpected_conv_field",
+                             f"{', '.join(given)}: only used by cnn1d and cnn2d, not {self.type}")
+            return self
+        self.channels = self.channels or [32, 64]
+        self.kernel_size = self.kernel_size or 5
+        if self.kernel_size % 2 == 0:
+            raise _error("even_kernel_size", "kernel_size must be odd (convolutions keep the size)")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hidden_is_trunk(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "hidden" in data:
+            if "trunk" in data:
+                raise _error("hidden_and_trunk", "give either 'trunk' or 'hidden', not both")
+            data = {("trunk" if key == "hidden" else key): value for key, value in data.items()}
+        return data
+
+
+class TrainSourceSpec(_Strict):
+    """Train the teacher inside the job on the job's dataset or on another built-in one."""
+
+    arch: ArchSpec
+    epochs: int = Field(default=30, ge=1, le=10000)
+    lr: PositiveFloat = 2e-3
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    dataset: str | None = None  # source domain: a built-in dataset offering the same tasks
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_source(cls, name: str | None) -> str | None:
+        return None if name is None else _known_dataset(name)
+
+
+class WeightsSourceSpec(_Strict):
+    """A zoo architecture loaded from a safetensors file (its state_dict)."""
+
+    file: FileRef
+    arch: ArchSpec
+
+
+class OnnxSourceSpec(_Strict):
+    """An ONNX model run with onnxruntime on the job's inputs (its first input)."""
+
+    file: FileRef
+    # "by_task": one output per task, named after it; "concatenated": the first output holds
+    # every task's logits side by side in the teacher's task order.
+    outputs: OnnxOutputs = "by_task"
+    features: str | None = None  # name of an output with trunk features (batch, width)
+    outputs_are: OutputsAre = "logits"
+
+
+class TorchScriptSourceSpec(_Strict):
+    """A TorchScript module (torch.jit.save archive) called on the job's inputs, on the CPU.
+
+    Loading it runs the code it carries: the server accepts it only with DISTILLERY_ALLOW_TORCHSCRIPT=true.
+    """
+
+    file: FileRef
+    # The module returns either a dict with one tensor per task (keyed by task name, plus the
+    # `features` key if given) or one tensor holding every task's logits side by side in the
+    # teacher's task order.
+    features: str | None = None  # key of the returned dict with trunk features (batch, width)
+    outputs_are: OutputsAre = "logits"
+
+
+class OutputsSourceSpec(_Strict):
+    """Precomputed teacher outputs: NPZ with `train.<task>`/`test.<task>` logits (rows aligned)."""
+
+    file: FileRef
+    features: bool = False  # True: the NPZ also holds `train.features` and `test.features`
+    outputs_are: OutputsAre = "logits"
+
+
+class TeacherSourceSpec(_Strict):
+    """Where a teacher comes from: exactly one of train, weights, onnx, outputs."""
+
+    # Only the given source is stored (the others are left out, not written as null).
+    train: TrainSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    weights: WeightsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    onnx: OnnxSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    torchscript: TorchScriptSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    outputs: OutputsSourceSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TeacherSourceSpec":
+        given = [name for name in TEACHER_SOURCES if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise _error("teacher_source", "give exactly one teacher source of "
+                         f"{', '.join(TEACHER_SOURCES)} (got {', '.join(given) or 'none'})")
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Return which source this is: train, weights, onnx or outputs."""
+        return next(name for name in TEACHER_SOURCES if getattr(self, name) is not None)
+
+    @property
+    def exposes_features(self) -> bool:
+        """Return whether this teacher provides trunk features for feature distillation."""
+        if self.onnx is not None:
+            return self.onnx.features is not None
+        if self.torchscript is not None:
+            return self.torchscript.features is not None
+        if self.outputs is not None:
+            return self.outputs.features
+        return True  # zoo models tap their trunk
+
+
+class TeacherSpec(_Strict):
+    """A teacher covering a subset of the tasks."""
+
+    name: Name
+    tasks: list[Name] = Field(min_length=1)
+    source: TeacherSourceSpec
+    # Share of this teacher in the ensemble of each task it covers (normalised over the task's
+    # teachers): probabilities (classification) or standardised predictions are averaged so.
+    weight: PositiveFloat = 1.0
+
+
+class TaskKDOverride(_Strict):
+    """Per-task override of the distillation temperature and/or alpha."""
+
+    temperature: PositiveFloat | None = None
+    alpha: UnitFloat | None = None
+
+
+class DistillationSpec(_Strict):
+    """How the student learns from the teachers; total per task = alpha*soft + (1-alpha)*hard.
+
+    `terms` defaults to the strategy's preset and can combine them, e.g. ["soft", "feature"].
+    """
+
+    strategy: StrategyName = "task_kd"
+    terms: list[TermName] | None = Field(default=None, min_length=1)
+    temperature: PositiveFloat = 4.0
+    alpha: UnitFloat = 0.5
+    per_task: dict[str, TaskKDOverride] = Field(default_factory=dict)
+    feature_weight: PositiveFloat = 1.0  # weight of each teacher's feature term
+    trunk_epochs: int | None = Field(default=None, ge=1, le=10000)  # cascaded stage 1
+    label_fraction: UnitFloat = 1.0  # share of training rows whose labels the student sees
+    online: bool = False  # run the teachers every step (for augmentation) instead of the cache
+
+    @model_validator(mode="after")
+    def _preset_defaults(self) -> "DistillationSpec":
+        if self.terms is None:
+            self.terms = list(PRESET_TERMS[self.strategy])
+        if len(set(self.terms)) != len(self.terms):
+            raise _error("duplicate_term", "terms: a loss term is listed twice")
+        if self.strategy == "cascaded":
+            self.trunk_epochs = self.trunk_epochs or 10
+        elif self.trunk_epochs is not None:
+            raise _error("unexpected_trunk_epochs", "trunk_epochs is only used by 'cascaded'")
+        return self
+
+
+class TransferSetSpec(_Strict):
+    """Unlabelled extra inputs the teachers label: generated by the dataset, or an NPZ `x` file."""
+
+    generate: int | None = Field(default=None, ge=1, le=10_000_000)
+    file: FileRef | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "TransferSetSpec":
+        if (self.generate is None) == (self.file is None):
+            raise _error("transfer_source", "give exactly one of 'generate' (a number of new "
+                         "samples) or 'file' (an NPZ with an array 'x')")
+        return self
+
+
+class WeightingSpec(_Strict):
+    """How per-task losses are combined into the total loss (see WEIGHTING_METHODS).
+
+    `alpha` (GradNorm, default 1.5) and `temperature` (DWA, default 2) are filled in for their
+    method only and absent from the stored form of the others.
+    """
+
+    method: WeightingMethod = "equal"
+    weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
+    alpha: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] | None = Field(
+        default=None, exclude_if=lambda value: value is None)
+    temperature: PositiveFloat | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @model_validator(mode="after")
+    def _weights_match_method(self) -> "WeightingSpec":
+        if self.method == "fixed" and not self.weights:
+            raise _error("missing_weights", "weights are required when method is 'fixed'")
+        if self.method != "fixed" and self.weights is not None:
+            raise _error("unexpected_weights", "weights are only used when method is 'fixed'")
+        for name, method, default in (("alpha", "gradnorm", 1.5), ("temperature", "dwa", 2.0)):
+            if self.method == method:
+                setattr(self, name, default if getattr(self, name) is None else getattr(self, name))
+            elif getattr(self, name) is not None:
+                raise _error("unexpected_weighting_field",
+                             f"{name} is only used when method is '{method}'")
+        return self
+
+
+class EarlyStoppingSpec(_Strict):
+    """Stop a stage when the validation score has not improved by min_delta for `patience` evaluations."""
+
+    patience: int = Field(ge=1, le=10000)
+    min_delta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class TrainingSpec(_Strict):
+    """Optimisation budget and protocol of the student (the baseline and in-job teachers share
+    the schedule, the evaluation cadence, the selection and early stopping)."""
+
+    epochs: int = Field(default=30, ge=1, le=10000)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    lr: PositiveFloat = 2e-3
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    device: DeviceName = "auto"
+    input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
+    # Where training rows live: all on the device (index slices) or streamed by a DataLoader.
+    data_placement: PlacementName = "auto"
+    loader_workers: int = Field(default=0, ge=0, le=32)  # DataLoader processes ("stream" only)
+    compile: bool = False  # torch.compile the student's forward
+    schedule: ScheduleName = "constant"
+    warmup_steps: int = Field(default=0, ge=0, le=10_000_000)  # cosine only
+    selection: SelectionName = "last"
+    early_stopping: EarlyStoppingSpec | None = None
+    # Evaluate on validation every k epochs (and always at a stage's last epoch); the curves have
+    # a row per evaluation. k > 1 saves the validation pass on short epochs.
+    eval_every: int = Field(default=1, ge=1, le=10000)
+    deterministic: bool = False  # CUDA: deterministic algorithms, no cudnn.benchmark
+
+    @model_validator(mode="after")
+    def _warmup_needs_cosine(self) -> "TrainingSpec":
+        if self.warmup_steps and self.schedule != "cosine":
+            raise _error("unexpected_warmup", "training.warmup_steps: only used by schedule 'cosine'")
+        return self
+
