@@ -3,8 +3,9 @@
 
 Every teacher answers `outputs(x) -> TeacherOutputs` (logits per task, optional trunk features)
 and names an `identity` for the output cache: everything that shapes its outputs (content hash,
-output settings, architecture, tasks), never a file path. Files are found through a FileResolver,
-so the uploads API can map its file ids to paths without the engine knowing about HTTP.
+output settings, architecture, tasks), never a file path. File teachers may declare their outputs
+as probabilities; they become logits as soon as they are read. Files are found through a
+FileResolver, so the uploads API can map its file ids to paths without the engine knowing about HTTP.
 """
 
 import hashlib
@@ -23,6 +24,7 @@ from app.training.errors import TrainingError
 from app.training.models import build_model, count_params, output_size
 from app.training.spec import (ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec,
                                WeightsSourceSpec)
+from app.training.teacher_outputs import as_logits
 
 Tensors = dict[str, torch.Tensor]
 PREDICT_BATCH = 4096
@@ -142,9 +144,10 @@ def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec]
 
 
 def _outputs_in_batches(x: torch.Tensor, tasks: Sequence[TaskSpec],
-                        run: Callable[[torch.Tensor], tuple[Tensors, torch.Tensor | None]]) -> TeacherOutputs:
-    """Run a file teacher over x in CPU float batches; `run(chunk)` returns (logits per task,
-    features or None) of one batch; the joined outputs come back on x's device."""
+                        run: Callable[[torch.Tensor], tuple[Tensors, torch.Tensor | None]], *,
+                        outputs_are: str) -> TeacherOutputs:
+    """Run a file teacher over x in CPU float batches; `run(chunk)` returns (outputs per task,
+    features or None) of one batch; the joined outputs, as logits, come back on x's device."""
     logits: list[Tensors] = []
     features: list[torch.Tensor] = []
     for start in range(0, len(x), PREDICT_BATCH):
@@ -152,7 +155,7 @@ def _outputs_in_batches(x: torch.Tensor, tasks: Sequence[TaskSpec],
         logits.append(per_task)
         if feature is not None:
             features.append(feature)
-    joined = {t.name: torch.cat([c[t.name] for c in logits]) for t in tasks}
+    joined = as_logits({t.name: torch.cat([c[t.name] for c in logits]) for t in tasks}, tasks, outputs_are)
     return TeacherOutputs(logits={k: v.to(x.device) for k, v in joined.items()},
                           features=torch.cat(features).to(x.device) if features else None)
 
@@ -219,7 +222,7 @@ class OnnxTeacher:
             return _split_by_task(values, self.tasks, concatenated=self.source.outputs == "concatenated",
                                   teacher=self.name, kind="ONNX"), feature
 
-        return _outputs_in_batches(x, self.tasks, run)
+        return _outputs_in_batches(x, self.tasks, run, outputs_are=self.source.outputs_are)
 
 
 class TorchScriptTeacher:
@@ -256,7 +259,7 @@ class TorchScriptTeacher:
                     f"{tuple(chunk.shape)}: {str(error).splitlines()[-1][:300] if str(error) else ''}")) from None
             return self._per_task(answer, rows=len(chunk))
 
-        return _outputs_in_batches(x, self.tasks, run)
+        return _outputs_in_batches(x, self.tasks, run, outputs_are=self.source.outputs_are)
 
     def _per_task(self, answer: object, *, rows: int) -> tuple[Tensors, torch.Tensor | None]:
         """Split one batch's answer (one tensor, or a dict keyed by task) into (logits per task, features)."""
@@ -285,7 +288,7 @@ class TorchScriptTeacher:
 
 
 class PrecomputedTeacher:
-    """Teacher outputs read from an NPZ: `<split>.<task>` logits and `<split>.features`."""
+    """Teacher outputs read from an NPZ: `<split>.<task>` logits (or probabilities) and `<split>.features`."""
 
     params = None
     identity = None  # nothing to compute, nothing to cache
@@ -315,4 +318,5 @@ class PrecomputedTeacher:
                         f"[{n_rows}, {width or 'width'}] (got {shape})"))
                 found[key] = torch.from_numpy(array.astype(np.float32))
             features = found.pop("features", None)
-            self.splits[split] = TeacherOutputs(logits=found, features=features)
+            self.splits[split] = TeacherOutputs(
+                logits=as_logits(found, tasks, source.outputs_are), features=features)

@@ -97,6 +97,11 @@ def test_another_preprocessing_version_is_another_key(monkeypatch):
     assert key(teacher, X) != before
 
 
+def test_outputs_declared_as_probabilities_are_another_key(onnx_file: Path):
+    assert key(onnx(onnx_file, outputs_are="probabilities"), X) != key(onnx(onnx_file), X)
+    assert key(onnx(onnx_file, outputs_are="logits"), X) == key(onnx(onnx_file), X)
+
+
 def test_through_the_cache_a_features_job_misses_a_plain_entry(onnx_file: Path, tmp_path: Path):
     splits = {"train": X, "test": X[:7]}
     store = TeacherOutputCache(tmp_path)

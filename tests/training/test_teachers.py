@@ -15,8 +15,10 @@ from app.training.errors import TrainingError
 from app.training.evaluate import predict, task_metrics
 from app.training.loop import train
 from app.training.models import build_model
-from app.training.spec import ArchSpec
-from app.training.teachers import ModelTeacher, OnnxTeacher
+from app.training.spec import ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec
+from app.training.teacher_outputs import as_logits, probability_warning
+from app.training.teachers import (LocalFileResolver, ModelTeacher, OnnxTeacher, PrecomputedTeacher,
+                                   TeacherOutputs)
 from tests.training.conftest import tiny_spec
 
 FAST = {"epochs": 1, "batch_size": 256, "lr": 0.005, "seed": 0, "device": "cpu"}
@@ -109,8 +111,6 @@ def test_onnx_teacher_gives_the_same_outputs_as_its_torch_model(zoo_teacher, tmp
     spec = tiny_spec(teachers=one_teacher(
         {"onnx": {"file": str(tmp_path / "t.onnx"), "outputs": layout, "features": "trunk"}}))
     x = load_dataset(spec.dataset, tasks=spec.tasks).x_test
-    from app.training.teachers import LocalFileResolver
-
     onnx = OnnxTeacher(spec.teachers[0].source.onnx, tasks=spec.tasks, resolver=LocalFileResolver(),
                        name="given").outputs(x)
     torch_outputs = ModelTeacher(zoo_teacher, arch=ArchSpec(trunk=[32]), tasks=spec.tasks).outputs(x)
@@ -215,3 +215,76 @@ def mapped_file(tensor: torch.Tensor) -> Path | None:
         if start <= address < end and len(fields) == 6 and fields[5].startswith("/"):
             return Path(fields[5])
     return None
+
+
+class Probabilities(nn.Module):
+    """Export wrapper: the model's outputs as probabilities (softmax per multiclass task, sigmoid binary)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        logits = self.model(x)
+        return (logits["digit"].softmax(dim=1), logits["parity"].softmax(dim=1), logits["large"].sigmoid())
+
+
+def kd_targets(outputs: TeacherOutputs) -> dict[str, torch.Tensor]:
+    """Return what the student is taught: softmax for the multiclass tasks, sigmoid for the binary one."""
+    z = outputs.logits
+    return {"digit": z["digit"].softmax(dim=1), "parity": z["parity"].softmax(dim=1),
+            "large": z["large"].sigmoid()}
+
+
+def test_probability_outputs_become_the_same_targets_as_logits(zoo_teacher, tmp_path: Path):
+    spec = tiny_spec()
+    data = load_dataset(spec.dataset, tasks=spec.tasks)
+    logits = ModelTeacher(zoo_teacher, arch=ArchSpec(trunk=[32]), tasks=spec.tasks).outputs(data.x_test)
+    want = kd_targets(logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Probabilities(zoo_teacher), (torch.zeros(2, 64),), str(tmp_path / "p.onnx"),
+                          input_names=["pixels"], output_names=TASKS,
+                          dynamic_axes={name: {0: "n"} for name in ["pixels", *TASKS]},
+                          opset_version=17, dynamo=False)
+    source = {"file": str(tmp_path / "p.onnx"), "outputs_are": "probabilities"}
+    onnx = OnnxTeacher(OnnxSourceSpec(**source), tasks=spec.tasks, resolver=LocalFileResolver(),
+                       name="p").outputs(data.x_test)
+    with torch.no_grad():
+        probabilities = {split: Probabilities(zoo_teacher)(x) for split, x in
+                         (("train", data.x_train), ("test", data.x_test))}
+    np.savez(tmp_path / "p.npz", **{f"{split}.{task}": p.numpy() for split, ps in probabilities.items()
+                                    for task, p in zip(TASKS, ps)})
+    precomputed = PrecomputedTeacher(
+        OutputsSourceSpec(file=str(tmp_path / "p.npz"), outputs_are="probabilities"), tasks=spec.tasks,
+        rows={"train": len(data.x_train), "test": len(data.x_test)}, resolver=LocalFileResolver(),
+        name="p").splits["test"]
+    for got in (kd_targets(onnx), kd_targets(precomputed)):
+        for task in TASKS:
+            assert torch.allclose(got[task], want[task], atol=1e-5), task
+
+
+def test_as_logits_leaves_logits_and_regression_values_alone():
+    tasks = [TaskSpec(name="y", kind="regression"), TaskSpec(name="tags", kind="multilabel", num_classes=3)]
+    values = {"y": torch.tensor([[0.2], [0.9]]), "tags": torch.tensor([[0.5, 0.0, 1.0], [0.25, 0.75, 0.5]])}
+    assert as_logits(values, tasks, "logits") is values
+    converted = as_logits(values, tasks, "probabilities")
+    assert torch.equal(converted["y"], values["y"])  # a regression output is a value, not a probability
+    assert torch.isfinite(converted["tags"]).all()  # 0 and 1 are clamped, not sent to -inf/inf
+    assert torch.allclose(converted["tags"].sigmoid(), values["tags"], atol=1e-6)
+
+
+def test_probability_warning_fires_for_probabilities_not_for_logits(zoo_teacher):
+    spec = tiny_spec()
+    x = load_dataset(spec.dataset, tasks=spec.tasks).x_test
+    logits = ModelTeacher(zoo_teacher, arch=ArchSpec(trunk=[32]), tasks=spec.tasks).outputs(x)
+    assert probability_warning("t", logits, spec.tasks, kind="onnx") is None
+    probabilities = TeacherOutputs(logits=kd_targets(logits), features=None)
+    message = probability_warning("t", probabilities, spec.tasks, kind="onnx")
+    assert message is not None and message.startswith("teacher 't': outputs for task 'digit'")
+    assert all(f"task '{task}'" in message for task in TASKS)
+    assert "set source.onnx.outputs_are to 'probabilities'" in message
+    few = TeacherOutputs(logits={"large": probabilities.logits["large"][:19]}, features=None)
+    assert probability_warning("t", few, spec.tasks[2:]) is None  # too few rows to tell a binary column
+    regression = TeacherOutputs(logits={"y": torch.rand(100, 1)}, features=None)
+    assert probability_warning("t", regression, [TaskSpec(name="y", kind="regression")]) is None

@@ -116,3 +116,32 @@ def test_upload_check_accepts_a_torchscript_archive_and_refuses_checkpoints(tmp_
     (tmp_path / "half.pt").write_bytes(buffer.getvalue())  # no constants.pkl: not what torch.jit.save writes
     with pytest.raises(BadUpload, match="not a TorchScript archive"):
         check_content(path=tmp_path / "half.pt", purpose="teacher_torchscript", filename="half.pt")
+
+
+class AsProbabilities(nn.Module):
+    """The same teacher answering probabilities: softmax for digit and parity, sigmoid for large."""
+
+    def __init__(self, inner: ByTask) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.inner(x)
+        return {"digit": out["digit"].softmax(dim=1), "parity": out["parity"].softmax(dim=1),
+                "large": out["large"].sigmoid()}
+
+
+def test_declared_probabilities_give_the_logits_teachers_targets(tmp_path: Path) -> None:
+    eager = ByTask().eval()
+    torch.jit.save(torch.jit.script(AsProbabilities(eager)), str(tmp_path / "p.pt"))
+    spec = tiny_spec(teachers=one_teacher({"torchscript": {"file": str(tmp_path / "p.pt"),
+                                                           "outputs_are": "probabilities"}}))
+    x = load_dataset(spec.dataset, tasks=spec.tasks).x_test  # (n, 64)
+    got = TorchScriptTeacher(spec.teachers[0].source.torchscript, tasks=spec.tasks,
+                             resolver=LocalFileResolver(allow_torchscript=True), name="given",
+                             allowed=True).outputs(x)
+    with torch.no_grad():
+        want = eager(x)
+    for task in ("digit", "parity"):  # log-probabilities: the same softmax as the logits
+        assert torch.allclose(got.logits[task].softmax(dim=1), want[task].softmax(dim=1), atol=1e-5)
+    assert torch.allclose(got.logits["large"], want["large"], atol=1e-3)  # logit(sigmoid(z)) == z
