@@ -7,6 +7,14 @@ Shapes per kind (logits from the task's head, targets from the dataset):
     regression  logits (batch, 1),           target float (batch,), standardised with the
                 train split's mean and std (see target_scaling.py), as are teacher predictions
 Binary and multilabel losses average over every element (rows x labels), like the hard BCE.
+
+Soft (KD) terms are divergences, not cross-entropies, so each is 0 where the student matches
+the teacher (Hinton et al. 2015, scaled by T^2 to keep gradient sizes independent of T):
+    multiclass  KL(softmax(t/T) || softmax(s/T)) summed over classes, mean over rows, x T^2
+    binary,     Bernoulli KL(sigmoid(t/T) || sigmoid(s/T)) per element, mean over rows x labels,
+    multilabel  x T^2; its gradient is that of BCE(s/T, sigmoid(t/T)) x T^2 (they differ by the
+                teacher's entropy, a constant)
+    regression  MSE to the teacher's prediction (no temperature)
 """
 
 from collections.abc import Callable
@@ -45,9 +53,14 @@ def multiclass_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
 
 def sigmoid_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
                       temperature: float) -> torch.Tensor:
-    """BCE between sigmoid(student/T) and sigmoid(teacher/T), mean over elements, times T^2."""
-    soft_target = torch.sigmoid(teacher / temperature)  # (batch, 1 or labels)
-    return F.binary_cross_entropy_with_logits(student / temperature, soft_target) * temperature**2
+    """Bernoulli KL(sigmoid(teacher/T) || sigmoid(student/T)), mean over elements, times T^2."""
+    t, s = teacher / temperature, student / temperature  # (batch, 1 or labels)
+    q = torch.sigmoid(t)  # the teacher's probability of each label
+    # q log(q/p) + (1-q) log((1-q)/(1-p)) from log-sigmoids, which stay finite for any logit: a
+    # saturated q of exactly 0 or 1 multiplies a finite log, so its term is 0, never 0 * -inf.
+    kl = (q * (F.logsigmoid(t) - F.logsigmoid(s))
+          + torch.sigmoid(-t) * (F.logsigmoid(-t) - F.logsigmoid(-s)))  # (batch, 1 or labels)
+    return kl.mean() * temperature**2
 
 
 def regression_soft_loss(student: torch.Tensor, teacher: torch.Tensor, *,
