@@ -31,7 +31,11 @@ class MultiTaskNet(nn.Module):
     def __init__(self, *, trunk: nn.Sequential, trunk_features: int, head: Sequence[int],
                  outputs: dict[str, int]) -> None:
         super().__init__()
-        self.trunk = trunk
+        # The trunk's last dropout runs after the feature tap, before the heads: the tap is then
+        # the same point in training and in eval mode, where teacher features are taken.
+        layers = list(trunk)
+        self.trunk_dropout = layers.pop() if layers and isinstance(layers[-1], nn.Dropout) else nn.Identity()
+        self.trunk = nn.Sequential(*layers)
         self.trunk_features = trunk_features
         self.heads = nn.ModuleDict({task: _head(trunk_features, head, size)
                                     for task, size in outputs.items()})
@@ -39,7 +43,8 @@ class MultiTaskNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Return (logits per task, feature taps); taps: {"trunk": (batch, trunk_features)}."""
         features = self.trunk(x)  # (batch, trunk_features)
-        logits = {task: head(features) for task, head in self.heads.items()}  # task -> (batch, out)
+        dropped = self.trunk_dropout(features)
+        logits = {task: head(dropped) for task, head in self.heads.items()}  # task -> (batch, out)
         return logits, {"trunk": features}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -160,3 +160,17 @@ def test_convolutional_teacher_and_student_train_and_export(tmp_path: Path):
     for name, got in zip(["digit", "parity", "large"], session.run(None, {"x": x_test.numpy()}),
                          strict=True):
         assert np.abs(got - expected[name].numpy()).max() <= 1e-4
+
+
+def test_the_feature_tap_is_the_same_point_in_training_and_in_eval_mode():
+    """Teacher features are taken in eval mode: the student's tap must not see its dropout."""
+    tasks = [TaskSpec(name="a", kind="binary")]
+    model = build_model(ArchSpec(trunk=[32, 16], dropout=0.5), input_shape=[8], tasks=tasks)
+    x = torch.randn(64, 8)
+    model.train()
+    _, training_taps = model.forward_features(x)
+    training_logits, _ = model.forward_features(x)
+    model.eval()
+    eval_logits, eval_taps = model.forward_features(x)
+    assert torch.equal(training_taps["trunk"], eval_taps["trunk"])
+    assert not torch.equal(training_logits["a"], eval_logits["a"])  # the heads still see dropout
