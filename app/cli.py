@@ -201,7 +201,7 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
 
 
 def _console_callbacks():  # noqa: ANN202  (torch is imported only for local training)
-    from app.training.loop import TrainCallbacks
+    from app.training.callbacks import TrainCallbacks
 
     class ConsoleCallbacks(TrainCallbacks):
         """Print stage starts and epochs of a local `distillery train` run."""

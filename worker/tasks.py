@@ -18,7 +18,7 @@ from app.services.artifacts import store_outputs
 from app.services.events import add_event
 from app.services.file_refs import TenantFileResolver
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
-from app.training.loop import TrainCallbacks
+from app.training.callbacks import TrainCallbacks
 from worker.celery_app import celery_app
 
 log = logging.getLogger("distillery.worker")
@@ -182,6 +182,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
                        cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
                        resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id),
+                       allow_torchscript=settings.allow_torchscript,
                        checkpoint_interval=settings.checkpoint_interval_seconds)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish("succeeded", results=result.results, artifacts=stored)

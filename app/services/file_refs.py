@@ -59,7 +59,6 @@ class TenantFileResolver:
 
     def __init__(self, *, settings: Settings, tenant_id: str):
         self.root = settings.files_dir / tenant_id
-        self.allow_torchscript = settings.allow_torchscript  # the engine reads it here, not from the env
 
     def resolve(self, ref: str) -> Path:
         path = (self.root / ref).resolve()

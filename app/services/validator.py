@@ -31,7 +31,8 @@ def _child_init() -> None:
     torch.set_num_threads(1)  # one batch per model: more threads only contend with the API for cores
 
 
-def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver) -> tuple[str, Any]:
+def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver,
+                   allow_torchscript: bool) -> tuple[str, Any]:
     """Runs in the validator process: ("ok", summary) or ("error", (code, message, field))."""
     from app.training.dry_run import DryRunError, dry_run
     from app.training.errors import TrainingError
@@ -39,7 +40,8 @@ def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver) -> t
 
     spec = JobSpec.model_validate(spec_json)
     try:
-        return "ok", dry_run(spec, resolver=resolver, cache_builtin=True)
+        return "ok", dry_run(spec, resolver=resolver, allow_torchscript=allow_torchscript,
+                             cache_builtin=True)
     except DryRunError as exc:
         return "error", (exc.code, exc.message, exc.field)
     except TrainingError as exc:
@@ -88,11 +90,11 @@ def _submit(spec_json: dict[str, Any], *, tenant_id: str, settings: Settings) ->
     resolver = TenantFileResolver(settings=settings, tenant_id=tenant_id)
     pool = _get_pool(settings)
     try:
-        return pool, pool.submit(_child_dry_run, spec_json, resolver)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript)
     except BrokenProcessPool:  # died since the last call: start a fresh one once
         _discard_pool(pool, kill=False)
         pool = _get_pool(settings)
-        return pool, pool.submit(_child_dry_run, spec_json, resolver)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript)
 
 
 def _outcome(result: tuple[str, Any]) -> dict[str, Any]:

@@ -8,14 +8,16 @@ writes, fsyncs and renames it in a background thread, so the next epoch trains m
 Layout in memory (all torch-serialisable with weights_only=True):
     {"format": 4, "spec_sha256": str, "elapsed": float,
      "finished": {stage: {"model": state_dict, "adaptors": state_dict, "weighting": state_dict,
-                          "epochs": int, "seconds": float}},
-     "current": None | {"stage", "epoch", "seconds", "model", "adaptors", "weighting",
-                        "optimizer", "rng": {name: Tensor}},
+                          "epochs": int, "seconds": float, "steps": int, "best_epoch": int,
+                          "stopped_early": bool}},
+     "current": None | {"stage", "epoch", "seconds", "steps", "model", "adaptors", "weighting",
+                        "optimizer", "scheduler", "rng": {name: Tensor},
+                        "selection": {"best_score", "best_epoch", "stale", "best": weights}},
      "history": [metrics.csv rows so far]}
 "adaptors" are the stage's feature-distillation adaptors (empty for stages without them);
 "weighting" is the stage's task-weighting state (learned weights, DWA loss history, GradNorm's
 initial losses; empty for equal/fixed weighting).
-On disk "history" is one JSON string, and a "finished" entry holds only "epochs", "seconds" and
+On disk "history" is one JSON string, and a "finished" entry holds its counters and
 "file" (its name in workdir/checkpoint/); that file holds {"spec_sha256", "model", "adaptors",
 "weighting"}. `load_checkpoint` merges the files back, so callers see the layout above.
 """
@@ -38,7 +40,8 @@ import torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
 FINISHED_DIR = "checkpoint"  # workdir/checkpoint/<finished_file_name(stage)>
-FORMAT = 4  # 2: stages keep their adaptors; 3: "history" is JSON; 4: finished stages in own files
+FORMAT = 5  # 2: stages keep their adaptors; 3: "history" is JSON; 4: finished stages in own files;
+# 5: stage step counts, LR schedule, best-epoch and early-stopping state
 _WEIGHTS = ("model", "adaptors", "weighting")
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ def _on_disk(state: dict[str, Any]) -> dict[str, Any]:
     """Return what checkpoint.pt holds: finished stages by reference (their weights live in their
     own files), the history as one JSON string (pickling thousands of small objects every epoch,
     rows x columns growing with the epochs, cost more than the tensors)."""
-    finished = {stage: {"epochs": entry["epochs"], "seconds": entry["seconds"],
+    finished = {stage: {**{key: value for key, value in entry.items() if key not in _WEIGHTS},
                         "file": finished_file_name(stage)}
                 for stage, entry in state["finished"].items()}
     return {**state, "finished": finished, "history": json.dumps(state["history"])}
@@ -183,7 +186,7 @@ def _read(workdir: Path, *, spec_sha256: str | None) -> dict[str, Any] | None:
                                  weights_only=True)
             if weights.pop("spec_sha256") != state["spec_sha256"]:
                 raise ValueError(f"{entry['file']} belongs to another spec")
-            finished[stage] = {**weights, "epochs": entry["epochs"], "seconds": entry["seconds"]}
+            finished[stage] = {**weights, **{k: v for k, v in entry.items() if k != "file"}}
     except Exception as error:  # an unreadable checkpoint only costs the work done so far
         log.warning("ignoring unreadable checkpoint %s: %s", path, error)
         return None

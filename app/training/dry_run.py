@@ -1,20 +1,23 @@
 """A job's dry run: resolve its data and teachers, push one batch through every model on CPU, and
 summarise what training would do (no training, nothing written)."""
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from app.training.datasets.registry import DatasetSplits, load_dataset
+from app.training.datasets.catalog import BUILTIN_DATASETS
+from app.training.datasets.registry import load_dataset
+from app.training.datasets.splits import DatasetSplits, with_validation
 from app.training.errors import TrainingError
+from app.training.files import FileResolver, LocalFileResolver
 from app.training.models import build_model, count_params, output_size
 from app.training.spec import JobSpec
-from app.training.strategies import plan_stages
-from app.training.teacher_targets import build_teacher
-from app.training.teachers import FileResolver, LocalFileResolver, PrecomputedTeacher
+from app.training.stage_data import label_mask, stratify_task
+from app.training.strategies import plan_stages, steps_per_epoch
+from app.training.teacher_targets import precomputed_rows, build_teacher
+from app.training.teachers import PrecomputedTeacher
 
 BATCH_ROWS = 8
 FLOAT_BYTES = 4
@@ -43,7 +46,8 @@ def _blame(field: str) -> Iterator[None]:
         raise DryRunError(code=exc.code, message=exc.message, field=field) from exc
 
 
-def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, cache_builtin: bool = False) -> dict[str, Any]:
+def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchscript: bool = False,
+            cache_builtin: bool = False) -> dict[str, Any]:
     """Return params per model, compression ratio, stages, steps per epoch and the teacher-cache size.
 
     Raises DryRunError (a TrainingError with a code, a message a user can act on and the spec field
@@ -53,8 +57,15 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, cache_builti
     resolver = resolver or LocalFileResolver()
     with _blame("body.dataset"):
         data = _load(spec, resolver=resolver, cache_builtin=cache_builtin)
+        data = with_validation(data, fraction=spec.dataset.validation_fraction,
+                               seed=spec.training.seed, stratify_by=stratify_task(spec.tasks))
+    assert data.x_val is not None
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
-    rows = {"train": len(data.x_train), "test": len(data.x_test)}
+    transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0
+    labelled = label_mask(spec, len(data.x_train))
+    rows = {"train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test),
+            "labelled": len(data.x_train) if labelled is None else int(labelled.sum()),
+            "transfer": transfer_rows}
     teacher_params: dict[str, int | None] = {}
     with torch.no_grad():
         for index, teacher in enumerate(spec.teachers):
@@ -65,8 +76,9 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, cache_builti
                     _check_outputs(model(batch), tasks, where=f"teachers[{teacher.name}]")
                     teacher_params[teacher.name] = count_params(model)
                     continue
-                built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape, rows=rows,
-                                      resolver=resolver)
+                built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape,
+                                      rows=precomputed_rows(data), resolver=resolver,
+                                      allow_torchscript=allow_torchscript)
                 if not isinstance(built, PrecomputedTeacher):  # precomputed outputs are checked when loaded
                     _check_outputs(built.outputs(batch).logits, tasks, where=f"teachers[{teacher.name}]")
                 teacher_params[teacher.name] = getattr(built, "params", None)
@@ -75,17 +87,22 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, cache_builti
             _check_outputs(student(batch), spec.tasks, where="student")
     student_params = count_params(student)
     known = [p for p in teacher_params.values() if p is not None]
-    transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0
     stages = []
-    for plan in plan_stages(spec):
-        seen = rows["train"] + (transfer_rows if plan.name.startswith("student") else 0)  # transfer rows: student only
+    for plan in plan_stages(spec, rows=rows):
+        seen = (rows["train"] + transfer_rows if plan.reads_teachers  # transfer rows: student only
+                else rows["labelled"] if plan.dataset is None  # baseline, job-dataset teachers
+                else round(BUILTIN_DATASETS[plan.dataset]["n_train"]  # a source domain's train
+                           * (1 - spec.dataset.validation_fraction)))
+        per_epoch = steps_per_epoch(seen, plan.batch_size)
         stages.append({"name": plan.name, "epochs": plan.epochs, "batch_size": plan.batch_size,
-                       "steps_per_epoch": math.ceil(seen / plan.batch_size)})
-    cached_rows = rows["train"] + rows["test"] + transfer_rows
+                       "steps_per_epoch": per_epoch,
+                       "steps": plan.max_steps or plan.epochs * per_epoch})
+    cached_rows = rows["train"] + rows["validation"] + rows["test"] + transfer_rows
     out_width = sum(output_size(task) for task in spec.tasks)
     return {
-        "dataset": {"input_shape": list(data.input_shape), "train_rows": rows["train"], "test_rows": rows["test"],
-                    "notes": list(data.notes)},
+        "dataset": {"input_shape": list(data.input_shape), "train_rows": rows["train"],
+                    "validation_rows": rows["validation"], "test_rows": rows["test"],
+                    "labelled_rows": rows["labelled"], "notes": list(data.notes)},
         "params": {"student": student_params, "teachers": teacher_params, "teacher": sum(known) if known else None},
         "compression_ratio": round(sum(known) / student_params, 2) if known else None,
         "stages": stages,

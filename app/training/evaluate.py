@@ -1,4 +1,4 @@
-"""Per-task metrics on the test split and the teacher / student / baseline comparison.
+"""Per-task metrics (validation each epoch, test once) and the teacher / student / baseline comparison.
 
 Metrics per task kind (the first one is the primary metric that results.json compares):
     multiclass  accuracy ↑, macro_f1 (mean F1 over the classes in the targets or predictions)
@@ -145,11 +145,18 @@ def task_metrics(logits: Tensors, targets: Tensors, tasks: Sequence[TaskSpec], *
     return {t.name: PRIMARY_METRICS[t.kind][2](outputs[t.name], targets[t.name]) for t in tasks}
 
 
-def ensemble_logits(per_model: Sequence[Tensors]) -> Tensors:
-    """Average the logits of the models that predict each task (teachers sharing a task)."""
-    tasks = {task for logits in per_model for task in logits}
-    return {task: torch.stack([logits[task] for logits in per_model if task in logits]).mean(dim=0)
-            for task in sorted(tasks)}
+def selection_score(metrics: dict[str, float], tasks: Sequence[TaskSpec],
+                    scales: dict[str, TargetScale]) -> float:
+    """Return one number to maximise over the tasks' primary metrics: their mean, with a
+    lower-is-better regression rmse negated and divided by the target's train std (so a task in
+    grams does not outweigh one in [0, 1])."""
+    values = []
+    for task in tasks:
+        _, higher_is_better, _ = PRIMARY_METRICS[task.kind]
+        value = metrics[task.name]
+        scale = scales[task.name].std if task.name in scales else 1.0
+        values.append(value if higher_is_better else -value / scale)
+    return sum(values) / len(values)
 
 
 @torch.no_grad()

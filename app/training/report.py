@@ -39,7 +39,7 @@ def _figure_png(results: dict[str, Any], history: list[dict[str, str]]) -> bytes
             if rows:
                 curve_ax.plot([int(r["epoch"]) for r in rows], [float(r[column]) for r in rows], label=stage,
                               color=_stage_colour(stage))
-        curve_ax.set_title(f"{task}: {info['metric']} per epoch ({'higher' if info['higher_is_better'] else 'lower'} is better)",
+        curve_ax.set_title(f"{task}: validation {info['metric']} per epoch ({'higher' if info['higher_is_better'] else 'lower'} is better)",
                            fontsize=9)
         curve_ax.set_xlabel("epoch")
         curve_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -66,8 +66,14 @@ def _html(results: dict[str, Any], png: bytes) -> str:
         f"<tr><td>{html.escape(task)}</td><td>{html.escape(info['metric'])} {'↑' if info['higher_is_better'] else '↓'}</td>"
         f"<td>{_fmt(info.get('teacher'))}</td><td>{_fmt(info.get('student'))}</td><td>{_fmt(info.get('baseline'))}</td></tr>"
         for task, info in results["tasks"].items())
-    stages = "".join(f"<tr><td>{html.escape(s['name'])}</td><td>{s['epochs']}</td><td>{s['seconds']:.2f}</td></tr>"
-                     for s in results.get("stages", []))
+    stages = "".join(f"<tr><td>{html.escape(s['name'])}</td><td>{s['epochs']}</td><td>{s['steps']}</td>"
+                     f"<td>{s['best_epoch']}</td><td>{'yes' if s['stopped_early'] else 'no'}</td>"
+                     f"<td>{s['seconds']:.2f}</td></tr>" for s in results.get("stages", []))
+    diagnostics = "".join(f"<li>{html.escape(line)}</li>" for line in results.get("diagnostics", []))
+    diagnosed = (f'<h2>Diagnostics</h2><ul class="diagnostics">{diagnostics}</ul>' if diagnostics
+                 else "<p>No diagnostics: nothing in these results looked wrong.</p>")
+    rows_seen = results.get("rows", {})
+    split_line = ", ".join(f"{name} {count}" for name, count in rows_seen.items())
     params = results.get("params", {})
     ratio = (params.get("teacher") or 0) / params["student"] if params.get("student") else None
     image = base64.b64encode(png).decode()
@@ -78,9 +84,13 @@ td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}td:first-child,t
 <body><h1>Distillation report</h1>
 <p>job <code>{html.escape(str(results.get('job_id')))}</code>, spec sha256 <code>{html.escape(str(results.get('spec_sha256', ''))[:16])}…</code></p>
 <h2>Test split: teacher vs student vs baseline</h2>
+<p>Every value below is measured once, on the test split, after training; the curves are on the
+validation split, which chose the weights (selection: {html.escape(str(results.get('selection', 'last')))}).
+Rows: {html.escape(split_line)}.</p>
 <table><tr><th>task</th><th>metric</th><th>teacher</th><th>student</th><th>baseline</th></tr>{rows}</table>
 <p>parameters: teacher(s) {params.get('teacher')}, student {params.get('student')}{f', compression {ratio:.1f}×' if ratio else ''}</p>
-<h2>Stages</h2><table><tr><th>stage</th><th>epochs</th><th>seconds</th></tr>{stages}</table>
+{diagnosed}
+<h2>Stages</h2><table><tr><th>stage</th><th>epochs</th><th>steps</th><th>best epoch</th><th>stopped early</th><th>seconds</th></tr>{stages}</table>
 <img alt="curves per task and final bars" src="data:image/png;base64,{image}" style="max-width:100%">
 </body></html>
 """

@@ -182,6 +182,19 @@ class JobSpec(_Strict):
                 "layer; give the student a non-empty 'trunk'"))
         return weighting
 
+    @field_validator("distillation")
+    @classmethod
+    def _in_job_teachers_have_labels(cls, distillation: DistillationSpec,
+                                     info: ValidationInfo) -> DistillationSpec:
+        for index, teacher in enumerate(info.data.get("teachers") or []):
+            source = teacher.source.train
+            if distillation.label_fraction == 0 and source is not None and source.dataset is None:
+                raise _error("teacher_without_labels", (
+                    f"distillation.label_fraction: 0 leaves teachers[{index}] no labelled row "
+                    "to train on (in-job teachers see the job's labelled rows only); train it on "
+                    "another dataset (source.train.dataset) or bring it (weights, onnx, outputs)"))
+        return distillation
+
     @field_validator("baseline")
     @classmethod
     def _baseline_has_labels(cls, baseline: bool, info: ValidationInfo) -> bool:

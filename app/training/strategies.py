@@ -1,11 +1,12 @@
 """Strategies: the job as a list of stages, and each stage's loss as named terms.
 
 A stage's loss is `sum(coefficients[name] * terms[name])`; the terms are logged one by one.
-Term names: "<task>.hard" (labelled rows only), "<task>.soft" (KD at T against the teachers'
-averaged logits) and "feature.<teacher>" (normalised feature distillation through an adaptor).
+Term names: "<task>.hard" (labelled rows only), "<task>.soft" (KD at T against the ensemble of
+the task's teachers) and "feature.<teacher>" (normalised feature distillation through an adaptor).
 Presets (spec.distillation.strategy) choose the terms; `distillation.terms` combines them.
 """
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -16,7 +17,7 @@ from torch import nn
 
 from app.training.losses import HARD_LOSSES, SOFT_LOSSES
 from app.training.spec import ArchSpec, JobSpec, TaskSpec
-from app.training.weighting import task_weights
+from app.training.weighting import LEARNED_METHODS, task_weights
 
 Tensors = dict[str, torch.Tensor]
 Role = Literal["teacher", "student_trunk", "student", "baseline"]
@@ -24,7 +25,10 @@ Role = Literal["teacher", "student_trunk", "student", "baseline"]
 
 @dataclass(frozen=True)
 class StagePlan:
-    """One optimisation run: a teacher, the cascaded trunk stage, the student, or the baseline."""
+    """One optimisation run: a teacher, the cascaded trunk stage, the student, or the baseline.
+
+    The flags are decided once here, from the role and the spec; the loop reads them.
+    """
 
     name: str  # "teacher:<name>", "student:trunk", "student" or "baseline"
     role: Role
@@ -36,6 +40,15 @@ class StagePlan:
     weight_decay: float
     seed: int  # seeds the model init and the batch order
     dataset: str | None = None  # a teacher's source-domain dataset (None: the job's)
+    max_steps: int | None = None  # the baseline's budget: the student stages' steps together
+    reads_teachers: bool = False  # soft or feature terms against teacher targets
+    soft_tasks: tuple[str, ...] = ()  # tasks with a soft (KD) term
+    features: bool = False  # feature-distillation terms (with adaptors)
+    trains_heads: bool = True  # False: cascaded stage 1 leaves the task heads untouched
+    masked: bool = False  # some rows lack labels: hard terms read the labelled rows only
+    learned_weighting: bool = False  # uncertainty / DWA / GradNorm (student and baseline)
+    noisy: bool = False  # training.input_noise is added to the inputs
+    compiled: bool = False  # training.compile
 
 
 @dataclass
@@ -46,12 +59,17 @@ class Batch:
     features: torch.Tensor | None  # (batch, width) student trunk features
     targets: Tensors  # task -> (batch,) or (batch, labels)
     labelled: torch.Tensor | None  # (batch,) bool; None: every row has labels
-    teacher_logits: Tensors  # task -> (batch, out), averaged over the teachers of the task
+    teacher_logits: Tensors  # task -> (batch, out), the ensemble of the task's teachers
     teacher_features: Tensors  # teacher name -> (batch, teacher width)
 
 
-def plan_stages(spec: JobSpec) -> list[StagePlan]:
-    """Return the stages in run order: trained teachers, the student stage(s), the baseline."""
+def plan_stages(spec: JobSpec, *, rows: dict[str, int]) -> list[StagePlan]:
+    """Return the stages in run order: trained teachers, the student stage(s), the baseline.
+
+    `rows`: "train" (training rows), "labelled" (those with labels), "transfer" (extra rows).
+    In-job teachers on the job's dataset and the baseline train on the labelled rows; the
+    baseline runs exactly as many optimiser steps as the student stages together.
+    """
     stages = []
     for index, teacher in enumerate(spec.teachers):
         source = teacher.source.train
@@ -62,43 +80,42 @@ def plan_stages(spec: JobSpec) -> list[StagePlan]:
             tasks=tuple(spec.task(name) for name in teacher.tasks), epochs=source.epochs,
             lr=source.lr, batch_size=source.batch_size, weight_decay=source.weight_decay,
             seed=spec.training.seed + 1 + index, dataset=source.dataset))
-    student: list[tuple[str, Role, int]] = []
+    training, terms = spec.training, spec.distillation.terms or []
+    learned = spec.weighting.method in LEARNED_METHODS
+    student_rows = rows["train"] + rows["transfer"]
+    masked = rows["labelled"] < student_rows
+    common = dict(arch=spec.student, tasks=tuple(spec.tasks), lr=training.lr,
+                  batch_size=training.batch_size, weight_decay=training.weight_decay,
+                  seed=training.seed, compiled=training.compile)
     if spec.distillation.strategy == "cascaded":
-        student.append(("student:trunk", "student_trunk", spec.distillation.trunk_epochs or 1))
-    student.append(("student", "student", spec.training.epochs))
+        stages.append(StagePlan(name="student:trunk", role="student_trunk",
+                                epochs=spec.distillation.trunk_epochs or 1, reads_teachers=True,
+                                features=True, trains_heads=False, masked=masked, **common))
+    soft = tuple(task.name for task in _soft_tasks(spec)) if "soft" in terms else ()
+    stages.append(StagePlan(name="student", role="student", epochs=training.epochs,
+                            reads_teachers=True, soft_tasks=soft, features="feature" in terms,
+                            masked=masked, learned_weighting=learned,
+                            noisy=training.input_noise > 0, **common))
     if spec.baseline:
-        student.append(("baseline", "baseline", spec.training.epochs))
-    # The baseline shares the student's seed: same init, same batch order, hard labels only.
-    for name, role, epochs in student:
-        stages.append(StagePlan(
-            name=name, role=role, arch=spec.student, tasks=tuple(spec.tasks), epochs=epochs,
-            lr=spec.training.lr, batch_size=spec.training.batch_size,
-            weight_decay=spec.training.weight_decay, seed=spec.training.seed))
+        budget = sum(plan.epochs * steps_per_epoch(student_rows, plan.batch_size)
+                     for plan in stages if plan.role != "teacher")
+        per_epoch = steps_per_epoch(rows["labelled"], training.batch_size)
+        stages.append(StagePlan(name="baseline", role="baseline",
+                                epochs=math.ceil(budget / per_epoch), max_steps=budget,
+                                learned_weighting=learned, noisy=training.input_noise > 0,
+                                **common))
     return stages
 
 
-def uses_teachers(plan: StagePlan) -> bool:
-    """Return whether the stage reads teacher outputs."""
-    return plan.role in ("student", "student_trunk")
+def steps_per_epoch(rows: int, batch_size: int) -> int:
+    """Return the optimiser steps of one pass over `rows` rows."""
+    return max(1, math.ceil(rows / batch_size))
 
 
-def uses_features(spec: JobSpec, plan: StagePlan) -> bool:
-    """Return whether the stage has feature-distillation terms."""
-    return plan.role == "student_trunk" or (
-        plan.role == "student" and "feature" in (spec.distillation.terms or []))
-
-
-def trains_trunk_only(plan: StagePlan) -> bool:
-    """Return whether the stage leaves the task heads untouched (cascaded stage 1)."""
-    return plan.role == "student_trunk"
-
-
-def soft_tasks(spec: JobSpec, plan: StagePlan) -> list[TaskSpec]:
-    """Return the tasks that get a soft (KD) term in this stage."""
-    if plan.role != "student" or "soft" not in (spec.distillation.terms or []):
-        return []
+def _soft_tasks(spec: JobSpec) -> list[TaskSpec]:
+    """Return the tasks that get a soft (KD) term: distilled and covered by a teacher."""
     covered = {name for teacher in spec.teachers for name in teacher.tasks}
-    return [task for task in plan.tasks if task.distill and task.name in covered]
+    return [task for task in spec.tasks if task.distill and task.name in covered]
 
 
 def masked_hard_loss(task: TaskSpec, logits: torch.Tensor, target: torch.Tensor,
@@ -121,23 +138,24 @@ def normalised_feature_loss(student: torch.Tensor, teacher: torch.Tensor) -> tor
 class StageTerms:
     """A stage's loss terms, resolved once per stage: the per-step path only computes them.
 
-    Rebuilding them every step (soft_tasks scans the teachers, kd_settings, the term names) was
-    about 10 % of a digits-mt student step.
+    Rebuilding them every step (the teachers' tasks, kd_settings, the term names) was about 10 %
+    of a digits-mt student step.
     """
 
     hard: tuple[tuple[str, TaskSpec], ...]  # (term name, task)
     soft: tuple[tuple[str, str, Callable[..., torch.Tensor], float], ...]  # (term, task, loss, T)
     features: bool
-    masked: bool  # hard terms skip unlabelled rows (student stages; teachers see labels only)
+    masked: bool  # hard terms read the labelled rows only
 
     def compute(self, batch: Batch, adaptors: nn.ModuleDict) -> Tensors:
-        """Return the named loss terms of one batch."""
+        """Return the named loss terms of one batch.
+
+        A batch without a labelled row has no hard terms at all (not zeros): a learned weighting
+        then leaves those tasks out of the step instead of reading a loss of 0.
+        """
         terms: Tensors = {}
         labelled = batch.labelled if self.masked else None
-        if labelled is not None and not bool(labelled.any()):  # one check for all tasks
-            for name, task in self.hard:
-                terms[name] = batch.logits[task.name].sum() * 0.0  # keeps the graph; adds nothing
-        else:
+        if labelled is None or bool(labelled.any()):  # one check for all tasks
             for name, task in self.hard:
                 terms[name] = masked_hard_loss(task, batch.logits[task.name],
                                                batch.targets[task.name], labelled)
@@ -153,12 +171,10 @@ class StageTerms:
 
 def stage_term_plan(spec: JobSpec, plan: StagePlan) -> StageTerms:
     """Resolve the stage's terms: which tasks get hard and soft terms, at what temperature."""
-    hard = () if plan.role == "student_trunk" else tuple(
-        (f"{task.name}.hard", task) for task in plan.tasks)
-    soft = tuple((f"{task.name}.soft", task.name, SOFT_LOSSES[task.kind],
-                  spec.kd_settings(task.name)[0]) for task in soft_tasks(spec, plan))
-    return StageTerms(hard=hard, soft=soft, features=uses_features(spec, plan),
-                      masked=plan.role != "teacher")
+    hard = tuple((f"{task.name}.hard", task) for task in plan.tasks) if plan.trains_heads else ()
+    soft = tuple((f"{name}.soft", name, SOFT_LOSSES[spec.task(name).kind],
+                  spec.kd_settings(name)[0]) for name in plan.soft_tasks)
+    return StageTerms(hard=hard, soft=soft, features=plan.features, masked=plan.masked)
 
 
 def stage_coefficients(spec: JobSpec, plan: StagePlan,
@@ -169,14 +185,14 @@ def stage_coefficients(spec: JobSpec, plan: StagePlan,
     if plan.role == "teacher":  # teachers learn their tasks equally weighted
         return {f"{name}.hard": 1.0 for name in names}
     weights = task_weights(spec, names)
-    if plan.role != "student_trunk":
-        distilled = {task.name for task in soft_tasks(spec, plan)}
+    if plan.trains_heads:
         for name in names:
             _, alpha = spec.kd_settings(name)
-            coefficients[f"{name}.hard"] = weights[name] * ((1 - alpha) if name in distilled else 1.0)
-            if name in distilled:
+            distilled = name in plan.soft_tasks
+            coefficients[f"{name}.hard"] = weights[name] * ((1 - alpha) if distilled else 1.0)
+            if distilled:
                 coefficients[f"{name}.soft"] = weights[name] * alpha
-    if uses_features(spec, plan):
+    if plan.features:
         for teacher in feature_teachers:
             coefficients[f"feature.{teacher}"] = spec.distillation.feature_weight
     return coefficients

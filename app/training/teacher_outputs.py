@@ -1,21 +1,44 @@
-"""Turn file teachers' declared probabilities into logits, and warn when "logits" look like probabilities."""
-
-from __future__ import annotations
+"""TeacherOutputs (a teacher's logits per task and features on some rows); file teachers'
+declared probabilities turned into logits, and a warning when "logits" look like probabilities."""
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 
 from app.training.spec import TaskSpec
 
-if TYPE_CHECKING:  # teachers.py imports this module; the dataclass is only needed for typing
-    from app.training.teachers import TeacherOutputs
-
 Tensors = dict[str, torch.Tensor]
 EPS = 1e-7  # probabilities are clamped away from 0 (and 1) so their logs stay finite
 SUM_TOLERANCE = 1e-3
 MIN_ROWS_FOR_RANGE_RULE = 20
+
+
+@dataclass
+class TeacherOutputs:
+    """A teacher's outputs on some rows."""
+
+    logits: Tensors  # task -> (n, output_size)
+    features: torch.Tensor | None  # (n, feature_width) trunk features, if the teacher has them
+
+    def as_tensors(self) -> Tensors:
+        """Return a flat name -> tensor dict (what the cache stores)."""
+        flat = {f"logits.{task}": z for task, z in self.logits.items()}
+        if self.features is not None:
+            flat["features"] = self.features
+        return flat
+
+    @classmethod
+    def from_tensors(cls, flat: Tensors) -> "TeacherOutputs":
+        """Rebuild from as_tensors()."""
+        logits = {name.removeprefix("logits."): z for name, z in flat.items()
+                  if name.startswith("logits.")}
+        return cls(logits=logits, features=flat.get("features"))
+
+    def rows(self, index: torch.Tensor | slice) -> "TeacherOutputs":
+        """Return the outputs of the given rows."""
+        return TeacherOutputs(logits={task: z[index] for task, z in self.logits.items()},
+                              features=None if self.features is None else self.features[index])
 
 
 def as_logits(logits: Tensors, tasks: Sequence[TaskSpec], outputs_are: str) -> Tensors:

@@ -5,15 +5,14 @@ Every teacher answers `outputs(x) -> TeacherOutputs` (logits per task, optional 
 and names an `identity` for the output cache: everything that shapes its outputs (content hash,
 output settings, architecture, tasks), never a file path. File teachers may declare their outputs
 as probabilities; they become logits as soon as they are read. Files are found through a
-FileResolver, so the uploads API can map its file ids to paths without the engine knowing about HTTP.
+FileResolver (files.py).
 """
 
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,64 +20,14 @@ from torch import nn
 
 from app.training.cache import tensor_sha256
 from app.training.errors import TrainingError
+from app.training.files import FileResolver
 from app.training.models import build_model, count_params, output_size
 from app.training.spec import (ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec,
                                WeightsSourceSpec)
-from app.training.teacher_outputs import as_logits
+from app.training.teacher_outputs import TeacherOutputs, as_logits
 
 Tensors = dict[str, torch.Tensor]
 PREDICT_BATCH = 4096
-
-
-class FileResolver(Protocol):
-    """Turn a spec's file reference (a path now, an uploaded file id later) into a local path."""
-
-    def resolve(self, ref: str) -> Path: ...
-
-
-class LocalFileResolver:
-    """Resolve references as local paths, relative ones against `base`.
-
-    ``allow_torchscript`` lets TorchScript teachers load (their code runs in this process).
-    """
-
-    def __init__(self, base: Path | None = None, *, allow_torchscript: bool = False) -> None:
-        self.base = Path.cwd() if base is None else Path(base)
-        self.allow_torchscript = allow_torchscript
-
-    def resolve(self, ref: str) -> Path:
-        """Return the existing file `ref` names, or raise a file_not_found TrainingError."""
-        path = Path(ref) if Path(ref).is_absolute() else self.base / ref
-        if not path.is_file():
-            raise TrainingError(code="file_not_found", message=f"teacher file '{ref}' not found")
-        return path
-
-
-@dataclass
-class TeacherOutputs:
-    """A teacher's outputs on some rows."""
-
-    logits: Tensors  # task -> (n, output_size)
-    features: torch.Tensor | None  # (n, feature_width) trunk features, if the teacher has them
-
-    def as_tensors(self) -> Tensors:
-        """Return a flat name -> tensor dict (what the cache stores)."""
-        flat = {f"logits.{task}": z for task, z in self.logits.items()}
-        if self.features is not None:
-            flat["features"] = self.features
-        return flat
-
-    @classmethod
-    def from_tensors(cls, flat: Tensors) -> "TeacherOutputs":
-        """Rebuild from as_tensors()."""
-        logits = {name.removeprefix("logits."): z for name, z in flat.items()
-                  if name.startswith("logits.")}
-        return cls(logits=logits, features=flat.get("features"))
-
-    def rows(self, index: torch.Tensor | slice) -> "TeacherOutputs":
-        """Return the outputs of the given rows."""
-        return TeacherOutputs(logits={task: z[index] for task, z in self.logits.items()},
-                              features=None if self.features is None else self.features[index])
 
 
 def teacher_identity(*, kind: str, content_sha256: str, settings: dict[str, Any],

@@ -10,7 +10,7 @@ from app.training.batching import Batches, choose_placement
 from app.training.checkpoint import CheckpointWriter, load_checkpoint, new_checkpoint
 from app.training.loop import Result, TrainCallbacks, train
 from app.training.spec import JobSpec
-from app.training.teacher_targets import SoftTargets, average_targets
+from app.training.teacher_targets import SoftTargets, ensemble
 from app.training.teachers import TeacherOutputs
 from tests.training.conftest import tiny_spec, tiny_spec_dict
 
@@ -78,7 +78,7 @@ def test_one_teacher_targets_are_used_as_they_are():
          "source": {"train": {"arch": {"type": "mlp", "hidden": [8]}, "epochs": 1}}}]))
     out = TeacherOutputs(logits={"digit": torch.randn(5, 10), "parity": torch.randn(5, 2),
                                  "large": torch.randn(5, 1)}, features=torch.randn(5, 8))
-    soft = average_targets(spec, [out])
+    soft = ensemble(spec, [out])
     assert all(soft.logits[task] is out.logits[task] for task in out.logits)
     assert soft.features["all"] is out.features
 

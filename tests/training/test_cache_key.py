@@ -12,7 +12,8 @@ from app.training.cache import TeacherOutputCache, cache_key, tensor_sha256
 from app.training.models import build_model
 from app.training.spec import ArchSpec, OnnxSourceSpec, TaskSpec
 from app.training.teacher_targets import split_outputs
-from app.training.teachers import LocalFileResolver, ModelTeacher, OnnxTeacher
+from app.training.files import LocalFileResolver
+from app.training.teachers import ModelTeacher, OnnxTeacher
 from tests.training.test_teachers import export_onnx
 
 TASKS = [TaskSpec(name="digit", kind="multiclass", num_classes=10),

@@ -10,7 +10,7 @@ from app.training.datasets.registry import load_dataset
 import sklearn.metrics as skm
 
 from app.training.evaluate import (PRIMARY_METRICS, all_task_metrics, binary_accuracy, binary_auc,
-                                   binary_f1, compare_tasks, ensemble_logits, multiclass_accuracy,
+                                   binary_f1, compare_tasks, multiclass_accuracy,
                                    multiclass_macro_f1, multilabel_label_accuracy,
                                    multilabel_macro_auc, multilabel_micro_f1, predict,
                                    regression_mae, regression_r2, regression_rmse, task_metrics)
@@ -27,14 +27,6 @@ def test_accuracies_are_exact_fractions():
     assert binary_accuracy(torch.tensor([[0.5], [-0.5], [0.1]]), torch.tensor([1.0, 1.0, 1.0])) == 2 / 3
 
 
-def test_ensemble_averages_the_teachers_that_share_a_task():
-    first = {"digit": torch.tensor([[1.0, 3.0]]), "large": torch.tensor([[2.0]])}
-    second = {"digit": torch.tensor([[3.0, 1.0]])}
-    merged = ensemble_logits([first, second])
-    assert torch.equal(merged["digit"], torch.tensor([[2.0, 2.0]]))
-    assert torch.equal(merged["large"], torch.tensor([[2.0]]))
-
-
 def test_teacher_value_of_a_shared_task_is_the_ensemble(tmp_path: Path):
     teachers = tiny_spec().model_dump(mode="json")["teachers"]
     teachers[1]["tasks"] = ["digit", "parity", "large"]  # both teachers now predict "digit"
@@ -48,7 +40,10 @@ def test_teacher_value_of_a_shared_task_is_the_ensemble(tmp_path: Path):
                             tasks=[spec.task(name) for name in teacher.tasks])
         model.load_state_dict(state[f"teacher:{teacher.name}"]["model"])
         per_teacher.append(predict(model, data.x_test))
-    expected = task_metrics(ensemble_logits(per_teacher), data.y_test, spec.tasks)
+    # Hinton's ensemble: the mean of the tempered probabilities (digit: both teachers, T = 4)
+    mixture = torch.stack([torch.softmax(p["digit"] / 4.0, dim=-1) for p in per_teacher]).mean(0)
+    combined = {**per_teacher[1], "digit": mixture.log()}
+    expected = task_metrics(combined, data.y_test, spec.tasks)
     assert {task: entry["teacher"] for task, entry in results["tasks"].items()} == expected
 
 

@@ -41,7 +41,13 @@ def test_results_json_follows_the_contract(tiny_run: tuple[Result, Path]):
     assert results == result.results
     assert results["job_id"] == "job-tiny"
     assert results["spec_sha256"] == spec_sha256(tiny_spec())
-    assert list(results)[:6] == ["job_id", "spec_sha256", "tasks", "params", "stages", "timing"]
+    assert list(results)[:8] == ["job_id", "spec_sha256", "tasks", "validation", "params",
+                                 "stages", "selection", "timing"]
+    assert set(results["validation"]["digit"]) == {"teacher", "student", "baseline"}
+    assert results["rows"] == {"train": 1211, "validation": 136, "test": 450, "labelled": 1211,
+                               "transfer": 0}
+    assert all(s["steps"] == s["epochs"] * 10 for s in results["stages"])  # 1211 rows / 128
+    assert results["diagnostics"] == []
     assert set(results["tasks"]) == {"digit", "parity", "large"}
     for entry in results["tasks"].values():
         assert entry["metric"] == "accuracy" and entry["higher_is_better"] is True
@@ -172,7 +178,8 @@ def test_finished_stages_are_written_once_in_their_own_files(tmp_path: Path):
     assert all({name: inodes[name] for name in teachers} == teachers for inodes in student)
     # checkpoint.pt names the files and holds no finished weights.
     on_disk = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)["finished"]
-    assert all(set(entry) == {"epochs", "seconds", "file"} for entry in on_disk.values())
+    assert all(set(entry) == {"epochs", "seconds", "steps", "best_epoch", "stopped_early", "file"}
+               for entry in on_disk.values())
     assert sorted(path.name for path in (tmp_path / FINISHED_DIR).iterdir()) == sorted(
         entry["file"] for entry in on_disk.values())
 

@@ -30,7 +30,7 @@ def with_source(data: dict[str, Any], index: int, source: dict[str, Any]) -> dic
     (lambda d: d["distillation"].update(terms=["soft", "soft"]), ("distillation",), ["twice"]),
     (lambda d: with_source(d, 1, OUTPUTS) and d["distillation"].update(online=True),
      ("distillation",), ["distillation.online", "teachers[1]"]),
-    (lambda d: d["distillation"].update(label_fraction=0), ("baseline",), ["set baseline to false"]),
+    (lambda d: d["distillation"].update(label_fraction=0) or [t["source"]["train"].update(dataset="mnist8x8-mt") for t in d["teachers"]], ("baseline",), ["set baseline to false"]),
     (lambda d: d.update(transfer_set={"generate": 100}), ("transfer_set",),
      ["transfer_set.generate", "'digits-mt' cannot generate", "mnist1d-mt"]),
     (lambda d: d.update(transfer_set={"generate": 10, "file": "x.npz"}), ("transfer_set",),
@@ -120,3 +120,9 @@ def test_protocol_fields_validate():
             JobSpec.model_validate(tiny_spec_dict(training=bad))
     with pytest.raises(ValidationError):
         JobSpec.model_validate(tiny_spec_dict(dataset={"validation_fraction": 0.0}))
+
+
+def test_label_fraction_zero_leaves_an_in_job_teacher_no_labels():
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate(tiny_spec_dict(distillation={"label_fraction": 0.0}, baseline=False))
+    assert caught.value.errors()[0]["type"] == "teacher_without_labels"

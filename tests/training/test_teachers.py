@@ -17,7 +17,8 @@ from app.training.loop import train
 from app.training.models import build_model
 from app.training.spec import ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec
 from app.training.teacher_outputs import as_logits, probability_warning
-from app.training.teachers import (LocalFileResolver, ModelTeacher, OnnxTeacher, PrecomputedTeacher,
+from app.training.files import LocalFileResolver
+from app.training.teachers import (ModelTeacher, OnnxTeacher, PrecomputedTeacher,
                                    TeacherOutputs)
 from tests.training.conftest import tiny_spec
 
@@ -175,7 +176,7 @@ def test_a_second_job_reuses_the_cached_teacher_outputs(tmp_path: Path, monkeypa
     spec = tiny_spec(training=FAST, baseline=False, export=[])
     first = train(spec, tmp_path / "first", cache_dir=tmp_path / "cache").results
     assert first["teacher_cache"] == {"digit-teacher": "miss", "aux-teacher": "miss"}
-    assert len(forwards) == 4  # two teachers x (train, test)
+    assert len(forwards) == 6  # two teachers x (train, validation, test)
     forwards.clear()
     second = train(spec, tmp_path / "second", cache_dir=tmp_path / "cache").results
     assert forwards == []  # no teacher forward at all

@@ -12,7 +12,8 @@ from app.filecheck import check_content
 from app.training.datasets.registry import load_dataset
 from app.training.errors import TrainingError
 from app.training.loop import train
-from app.training.teachers import LocalFileResolver, TorchScriptTeacher
+from app.training.files import LocalFileResolver
+from app.training.teachers import TorchScriptTeacher
 from app.uploads import BadUpload
 from tests.training.conftest import tiny_spec
 
@@ -58,7 +59,7 @@ def test_scripted_dict_and_traced_tensor_give_the_eager_outputs(tmp_path: Path) 
     x = load_dataset(spec.dataset, tasks=spec.tasks).x_test  # (n, 64)
     with torch.no_grad():
         want = eager(x)
-    allowed = LocalFileResolver(allow_torchscript=True)
+    allowed = LocalFileResolver()
     by_task = TorchScriptTeacher(spec.teachers[0].source.torchscript, tasks=spec.tasks, resolver=allowed,
                                  name="given", allowed=True)
     got = by_task.outputs(x)
@@ -79,7 +80,7 @@ def test_not_allowed_is_refused_before_the_file_is_loaded(tmp_path: Path) -> Non
         TorchScriptTeacher(spec.teachers[0].source.torchscript, tasks=spec.tasks, resolver=LocalFileResolver(),
                            name="given", allowed=False)
     assert err.value.code == "torchscript_disabled" and "DISTILLERY_ALLOW_TORCHSCRIPT" in err.value.message
-    # the engine reads the permission from the resolver: a plain one refuses
+    # the permission is train()'s own argument, off by default
     torch.jit.save(torch.jit.script(ByTask()), str(tmp_path / "t.pt"))
     job = tiny_spec(teachers=one_teacher({"torchscript": {"file": str(tmp_path / "t.pt")}}), training=FAST,
                     baseline=False, export=[])
@@ -93,7 +94,7 @@ def test_a_torchscript_teacher_distills_a_student(tmp_path: Path) -> None:
     spec = tiny_spec(teachers=one_teacher({"torchscript": {"file": "t.pt", "features": "trunk"}}),
                      distillation={"strategy": "feature_kd"}, training=FAST, baseline=False, export=["safetensors"])
     result = train(spec, tmp_path / "job", cache_dir=tmp_path / "cache",
-                   resolver=LocalFileResolver(tmp_path, allow_torchscript=True))
+                   resolver=LocalFileResolver(tmp_path), allow_torchscript=True)
     assert result.results["params"]["teachers"]["given"] == sum(p.numel() for p in ByTask().parameters())
     assert (tmp_path / "job" / "artifacts" / "student.safetensors").stat().st_size > 0
     assert set(result.results["tasks"]) == set(TASKS)
@@ -138,7 +139,7 @@ def test_declared_probabilities_give_the_logits_teachers_targets(tmp_path: Path)
                                                            "outputs_are": "probabilities"}}))
     x = load_dataset(spec.dataset, tasks=spec.tasks).x_test  # (n, 64)
     got = TorchScriptTeacher(spec.teachers[0].source.torchscript, tasks=spec.tasks,
-                             resolver=LocalFileResolver(allow_torchscript=True), name="given",
+                             resolver=LocalFileResolver(), name="given",
                              allowed=True).outputs(x)
     with torch.no_grad():
         want = eager(x)

@@ -375,7 +375,8 @@ def test_student_coefficients_mix_alpha_with_fixed_task_weights():
     spec = JobSpec.model_validate(tiny_spec_dict(
         distillation={"alpha": 0.25, "per_task": {"large": {"alpha": 1.0, "temperature": 2.0}}},
         weighting={"method": "fixed", "weights": {"digit": 3.0}}))
-    teacher, _, student, baseline = plan_stages(spec)
+    teacher, _, student, baseline = plan_stages(spec, rows={"train": 100, "labelled": 100,
+                                                            "transfer": 0})
     assert stage_coefficients(spec, student, []) == {
         "digit.soft": 0.75, "digit.hard": 2.25, "parity.soft": 0.25, "parity.hard": 0.75,
         "large.soft": 1.0, "large.hard": 0.0}

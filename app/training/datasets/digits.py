@@ -2,7 +2,8 @@
 
 import torch
 
-from app.training.datasets.registry import DatasetSplits, digit_targets, register_builtin
+from app.training.datasets.registry import digit_targets, register_builtin
+from app.training.datasets.splits import DatasetSplits
 
 TEST_SIZE = 0.25
 SPLIT_SEED = 0  # the split is fixed: the same for every job seed

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from app.training.datasets.multimnist import source_images, source_split
-from app.training.datasets.registry import DatasetSplits, digit_targets, register_builtin
+from app.training.datasets.registry import digit_targets, register_builtin
+from app.training.datasets.splits import DatasetSplits
 
 NAME = "mnist8x8-mt"
 BITMAP = 32  # UCI optdigits' bitmap side

@@ -15,7 +15,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from app.training.datasets.registry import DatasetSplits, register_builtin
+from app.training.datasets.registry import register_builtin
+from app.training.datasets.splits import DatasetSplits
 
 NAME = "multimnist-5k"
 N_TRAIN_PAIRS, N_TEST_PAIRS = 10000, 2000

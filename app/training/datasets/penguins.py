@@ -16,7 +16,8 @@ standardises regression targets itself).
 import numpy as np
 import torch
 
-from app.training.datasets.registry import DatasetSplits, register_builtin
+from app.training.datasets.registry import register_builtin
+from app.training.datasets.splits import DatasetSplits
 
 NAME = "penguins"
 TEST_SIZE = 0.25

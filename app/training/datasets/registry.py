@@ -2,14 +2,15 @@
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 
 from app.training.datasets.catalog import BUILTIN_DATASETS
+from app.training.datasets.splits import DatasetSplits
 from app.training.errors import TrainingError
+from app.training.files import FileResolver, LocalFileResolver
 from app.training.spec import DatasetSpec, TaskSpec
 
 # Modules that register a loader (and maybe a transfer generator) when imported; each keeps its
@@ -20,36 +21,6 @@ _LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "y
 def digit_targets(digit: torch.Tensor) -> dict[str, torch.Tensor]:
     """The targets of catalog.DIGIT_TASKS from digit labels (n,) int64."""
     return {"digit": digit, "parity": digit % 2, "large": (digit >= 5).float()}
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """Train and test tensors of one dataset, with notes on how its rows were cleaned.
-
-    Targets per task kind: multiclass int64 class ids (n,); binary float 0/1 (n,);
-    regression float32 in original units (n,); multilabel float 0/1 (n, num_classes).
-    `notes` are human-readable lines about the data (e.g. rows dropped for missing values) that
-    the loop reports as events.
-    """
-
-    x_train: torch.Tensor  # (n_train, *input_shape) float32
-    x_test: torch.Tensor  # (n_test, *input_shape) float32
-    y_train: dict[str, torch.Tensor]  # task -> (n_train,) or (n_train, num_classes)
-    y_test: dict[str, torch.Tensor]  # task -> (n_test,) or (n_test, num_classes)
-    notes: tuple[str, ...] = ()
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def to(self, device: torch.device) -> "DatasetSplits":
-        """Return a copy with every tensor on `device`."""
-        return DatasetSplits(
-            x_train=self.x_train.to(device), x_test=self.x_test.to(device),
-            y_train={task: y.to(device) for task, y in self.y_train.items()},
-            y_test={task: y.to(device) for task, y in self.y_test.items()},
-            notes=self.notes,
-        )
 
 
 class TransferGenerator(Protocol):
@@ -98,7 +69,8 @@ def load_builtin(name: str) -> DatasetSplits:
     return splits
 
 
-def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: Any = None) -> DatasetSplits:
+def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec],
+                 resolver: FileResolver | None = None) -> DatasetSplits:
     """Load a dataset (built-in, or an uploaded file through `resolver`) with the spec's tasks only."""
     if spec.file is not None:
         return _load_file(spec, tasks=tasks, resolver=resolver)
@@ -112,12 +84,11 @@ def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: Any = No
     )
 
 
-def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: Any) -> DatasetSplits:
+def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
+               resolver: FileResolver | None) -> DatasetSplits:
     from app.training.datasets.uploaded import load_npz_dataset, load_table_dataset
 
     if resolver is None:
-        from app.training.teachers import LocalFileResolver
-
         resolver = LocalFileResolver()
     path = resolver.resolve(spec.file)
     try:

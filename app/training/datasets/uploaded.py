@@ -1,8 +1,11 @@
 """Datasets from uploaded files: NPZ arrays, or CSV/Parquet tables with a column per feature.
 
 Rules (documented in docs/datasets.md, "Your own data"):
-- Split: a `split` array/column ("train"/"test" or 0/1) when given; otherwise a fixed 80/20 split
-  (random_state 0, stratified on the first classification task when every class has 2+ rows).
+- Split: a `split` array/column ("train"/"test" or 0/1, and optionally "val"/"validation" rows)
+  when given; otherwise a fixed 80/20 train/test split (random_state 0, stratified on the first
+  classification task when every class has 2+ rows). Without validation rows the engine carves
+  them out of train (splits.with_validation). Statistics (medians, means, categories) come from
+  the train rows only.
 - Tables: numeric feature columns are standardised with train mean/std (unless `standardize` is
   false: then they pass as they are, for teachers trained on raw values); other feature columns are
   categorical and one-hot encoded with the categories seen in train (sorted; an unseen category is
@@ -19,37 +22,42 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.training.datasets.registry import DatasetSplits
+from app.training.datasets.splits import DatasetSplits
 from app.training.errors import TrainingError
 from app.training.spec import TaskSpec
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 0
+TRAIN, VALIDATION, TEST = 0, 1, 2  # row roles
+ROLE_NAMES = {"train": TRAIN, "0": TRAIN, "test": TEST, "1": TEST, "val": VALIDATION,
+              "validation": VALIDATION}
 
 
 def _invalid(message: str) -> TrainingError:
     return TrainingError(code="invalid_data", message=message)
 
 
-def _split_mask(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> np.ndarray:
-    """Return a bool array, True for test rows."""
+def _split_roles(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> np.ndarray:
+    """Return each row's role (n,): TRAIN, VALIDATION or TEST."""
     if split is not None:
-        values = np.asarray(split).astype(str)
-        is_test = np.isin(values, ["test", "1"])
-        if not np.isin(values, ["train", "test", "0", "1"]).all():
-            raise _invalid("`split` must hold 'train'/'test' (or 0/1) only")
-        if is_test.all() or not is_test.any():
+        values = np.char.lower(np.asarray(split).astype(str))
+        unknown = sorted(set(values) - set(ROLE_NAMES))
+        if unknown:
+            raise _invalid(f"`split` must hold 'train', 'val'/'validation' or 'test' (or 0/1) "
+                           f"only, not {unknown[:5]}")
+        roles = np.array([ROLE_NAMES[value] for value in values], dtype=np.int8)
+        if not (roles == TRAIN).any() or not (roles == TEST).any():
             raise _invalid("`split` must give both train and test rows")
-        return is_test
+        return roles
     from sklearn.model_selection import train_test_split
 
     index = np.arange(n)
     use_strat = strat is not None and np.unique(strat, return_counts=True)[1].min() >= 2
     _, test_index = train_test_split(index, test_size=TEST_FRACTION, random_state=SPLIT_SEED,
                                      stratify=strat if use_strat else None)
-    mask = np.zeros(n, dtype=bool)
-    mask[test_index] = True
-    return mask
+    roles = np.full(n, TRAIN, dtype=np.int8)
+    roles[test_index] = TEST
+    return roles
 
 
 def _labels(task: TaskSpec, raw: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -85,14 +93,20 @@ def _try_float(raw: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _finish(x: np.ndarray, targets: dict[str, np.ndarray], is_test: np.ndarray, notes: list[str]) -> DatasetSplits:
+def _finish(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, notes: list[str]) -> DatasetSplits:
     if not np.isfinite(x).all():
         raise _invalid("the inputs have NaN or inf values")
-    to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-    return DatasetSplits(
-        x_train=to_tensor(x[~is_test].astype(np.float32)), x_test=to_tensor(x[is_test].astype(np.float32)),
-        y_train={t: to_tensor(y[~is_test]) for t, y in targets.items()},
-        y_test={t: to_tensor(y[is_test]) for t, y in targets.items()}, notes=tuple(notes))
+
+    def part(role: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        rows = roles == role
+        return (torch.from_numpy(np.ascontiguousarray(x[rows].astype(np.float32))),
+                {t: torch.from_numpy(np.ascontiguousarray(y[rows])) for t, y in targets.items()})
+
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = part(TRAIN), part(VALIDATION), part(TEST)
+    has_val = bool((roles == VALIDATION).any())
+    return DatasetSplits(x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test,
+                         notes=tuple(notes), x_val=x_val if has_val else None,
+                         y_val=y_val if has_val else None)
 
 
 def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
@@ -111,7 +125,7 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
         if len(targets[task.name]) != len(x):
             raise _invalid(f"`y_{task.name}` has {len(targets[task.name])} rows, `x` has {len(x)}")
     strat = next((targets[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
-    return _finish(x, targets, _split_mask(len(x), arrays.get("split"), strat), notes)
+    return _finish(x, targets, _split_roles(len(x), arrays.get("split"), strat), notes)
 
 
 def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
@@ -138,7 +152,8 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
     encoded = {t.name: _labels(t, frame[target_columns[t.name]].to_numpy() if t.kind == "multilabel"
                                else frame[target_columns[t.name][0]].to_numpy(), notes) for t in tasks}
     strat = next((encoded[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
-    is_test = _split_mask(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
+    roles = _split_roles(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
+    is_train = roles == TRAIN
     columns = []
     for name in features:
         col = frame[name]
@@ -146,14 +161,14 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
             values = col.to_numpy(dtype=np.float64, copy=True)
             gaps = np.isnan(values)
             if gaps.any():
-                values[gaps] = np.nanmedian(values[~is_test])
+                values[gaps] = np.nanmedian(values[is_train])
                 notes.append(f"feature '{name}': {int(gaps.sum())} missing values set to the train median")
             if standardize:
-                mean, std = values[~is_test].mean(), values[~is_test].std()
+                mean, std = values[is_train].mean(), values[is_train].std()
                 values = (values - mean) / (std if std > 0 else 1.0)
             columns.append(values[:, None])
         else:
             text = col.astype("string").fillna("<missing>").to_numpy()
-            categories = sorted(set(text[~is_test]))
+            categories = sorted(set(text[is_train]))
             columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
-    return _finish(np.concatenate(columns, axis=1), encoded, is_test, notes)
+    return _finish(np.concatenate(columns, axis=1), encoded, roles, notes)

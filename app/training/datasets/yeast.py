@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.training.datasets.registry import DatasetSplits, register_builtin
+from app.training.datasets.registry import register_builtin
+from app.training.datasets.splits import DatasetSplits
 
 NAME = "yeast"
 TEST_SIZE = 0.25

@@ -1,0 +1,311 @@
+"""One stage's training: the optimiser and its LR schedule, the epochs, validation every
+`eval_every` epochs, best-epoch selection, early stopping, and the checkpoint of each epoch end.
+
+`Run` is what every stage of one train() call shares (the spec, the device, the checkpoint state
+and writer, the callbacks); loop.py builds it and calls `train_stage` per stage.
+"""
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.training.batching import Batches, choose_placement, stage_bytes
+from app.training.callbacks import TrainCallbacks
+from app.training.checkpoint import CheckpointWriter, capture_rng, restore_rng
+from app.training.errors import TrainingCancelled, TrainingError
+from app.training.evaluate import predict, selection_score, task_metrics
+from app.training.models import build_model
+from app.training.results import history_row
+from app.training.schedules import build_scheduler
+from app.training.spec import JobSpec
+from app.training.stage_data import StageData
+from app.training.strategies import (Batch, StagePlan, stage_coefficients, stage_term_plan,
+                                     steps_per_epoch)
+from app.training.target_scaling import TargetScale
+from app.training.teacher_targets import Teacher, online_targets
+from app.training.weighting import TaskWeighting, build_weighting
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class Run:
+    """What every stage of one train() call shares."""
+
+    spec: JobSpec
+    workdir: Path
+    device: torch.device
+    callbacks: TrainCallbacks
+    state: dict[str, Any]  # the checkpoint dict (see checkpoint.py)
+    plan_epochs: dict[str, int]  # stage -> planned epochs (progress)
+    started: float
+    writer: CheckpointWriter
+    scales: dict[str, TargetScale] = field(default_factory=dict)
+    online_teachers: list[Teacher] = field(default_factory=list)  # online KD only
+    mapped: bool = False  # the teacher cache handed out memory-mapped entries
+    placements: dict[str, str] = field(default_factory=dict)  # stage -> "device" | "stream"
+    # Epoch ends closer together than this share one checkpoint (0: every epoch); see train().
+    checkpoint_interval: float = 0.0
+    last_saved: float = field(default_factory=time.perf_counter)
+    unsaved: bool = False  # an epoch ended since the last checkpoint
+
+    def elapsed(self) -> float:
+        return self.state["elapsed"] + time.perf_counter() - self.started
+
+    def progress(self, *, stage: str, epoch: int) -> float:
+        """The job's fraction done: planned epochs of finished stages plus `epoch` of `stage`."""
+        done = epoch + sum(self.plan_epochs[name] for name in self.state["finished"] if name != stage)
+        return min(1.0, done / sum(self.plan_epochs.values()))
+
+    def teaches_online(self, plan: StagePlan) -> bool:
+        """The stage reads teacher targets and they come from a teacher forward every step."""
+        return bool(self.online_teachers) and plan.reads_teachers
+
+    def save(self) -> None:
+        """Serialise the state now; the writer thread puts it on disk while training goes on."""
+        elapsed = self.elapsed()
+        self.state["elapsed"], self.started = elapsed, time.perf_counter()
+        self.writer.submit(self.state)
+        self.last_saved, self.unsaved = time.perf_counter(), False
+
+
+class StageModel(nn.Module):
+    """The model a stage optimises, its feature adaptors (one Linear per teacher), its task weighting."""
+
+    def __init__(self, model: nn.Module, adaptors: nn.ModuleDict, weighting: TaskWeighting) -> None:
+        super().__init__()
+        self.model = model
+        self.adaptors = adaptors
+        self.weighting = weighting  # learned weights and their state (DWA history, GradNorm L(0))
+
+    def forward(self, x: torch.Tensor) -> Tensors:
+        return self.model(x)
+
+    def weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Return CPU copies of the model's and the adaptors' state (what checkpoints keep)."""
+        return {part: {name: t.detach().cpu().clone() for name, t in module.state_dict().items()}
+                for part, module in (("model", self.model), ("adaptors", self.adaptors),
+                                     ("weighting", self.weighting))}
+
+    def load_weights(self, saved: dict[str, Any]) -> None:
+        """Load what weights() returned (a checkpoint's stage entry)."""
+        self.model.load_state_dict(saved["model"])
+        self.adaptors.load_state_dict(saved.get("adaptors", {}))
+        self.weighting.load_state_dict(saved.get("weighting", {}))
+
+
+@dataclass
+class Selection:
+    """Best-epoch selection and early stopping on the validation score (higher is better)."""
+
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0  # evaluations since the last improvement by more than min_delta
+    best: dict[str, Any] | None = None  # the best epoch's weights ("best" selection only)
+
+    def update(self, score: float, *, epoch: int, staged: StageModel, keep: bool,
+               min_delta: float) -> None:
+        if score > self.best_score + min_delta or self.best_epoch == 0:
+            self.best_score, self.best_epoch, self.stale = score, epoch, 0
+            self.best = staged.weights() if keep else None
+        else:
+            self.stale += 1
+
+    def state(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "stale": self.stale,
+                "best": self.best}
+
+
+def train_stage(run: Run, plan: StagePlan, data: StageData, *,
+                init: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Return the stage's trained model (from the checkpoint when the stage already finished)."""
+    torch.manual_seed(plan.seed)
+    model = build_model(plan.arch, input_shape=tuple(data.x.shape[1:]), tasks=plan.tasks)
+    adaptors = nn.ModuleDict()
+    if plan.features and data.soft is not None:
+        width = model.trunk_features  # zoo models expose their trunk tap's width
+        adaptors = nn.ModuleDict({name: nn.Linear(width, f.shape[1])
+                                  for name, f in data.soft.features.items()})
+    weighting = build_weighting(run.spec, [task.name for task in plan.tasks],
+                                learned=plan.learned_weighting)
+    staged = StageModel(model, adaptors, weighting).to(run.device)
+    if init is not None:
+        model.load_state_dict(init)
+    finished = run.state["finished"].get(plan.name)
+    if finished is not None:
+        staged.load_weights(finished)
+        return staged.model.eval()
+    soft = data.soft if plan.reads_teachers and not run.teaches_online(plan) else None
+    placement, why = choose_placement(
+        run.spec.training.data_placement, run.device,
+        nbytes=stage_bytes(data.x, data.targets, data.labelled, soft),
+        mapped=run.mapped and soft is not None)
+    run.placements[plan.name] = placement
+    run.callbacks.on_note(message=f"stage '{plan.name}': {why}")
+    batches = Batches(x=data.x, targets=data.targets, labelled=data.labelled, soft=soft,
+                      placement=placement, device=run.device, batch_size=plan.batch_size,
+                      soft_tasks=set(plan.soft_tasks), features=plan.features,
+                      workers=run.spec.training.loader_workers)
+    _run_epochs(run, plan, staged, data, batches)
+    return staged.model.eval()
+
+
+def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
+                batches: Batches) -> None:
+    training = run.spec.training
+    params = [p for name, p in staged.named_parameters()
+              if plan.trains_heads or not name.startswith("model.heads.")]
+    # Learned task weights train with the model, without weight decay.
+    learned = list(staged.weighting.parameters())
+    groups = [{"params": [p for p in params if not any(p is w for w in learned)]}]
+    if learned:
+        groups.append({"params": learned, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
+    total_steps = plan.max_steps or plan.epochs * steps_per_epoch(batches.rows, plan.batch_size)
+    scheduler = build_scheduler(training.schedule, optimizer, lr=plan.lr, total_steps=total_steps,
+                                warmup_steps=training.warmup_steps)
+    generator = torch.Generator().manual_seed(plan.seed)  # batch order, on the CPU
+    first_epoch, seconds, steps, selection = 1, 0.0, 0, Selection()
+    current = run.state["current"]
+    if current is not None and current["stage"] == plan.name:
+        staged.load_weights(current)
+        optimizer.load_state_dict(current["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(current["scheduler"])
+        restore_rng(current["rng"], generator, run.device)
+        first_epoch, seconds, steps = current["epoch"] + 1, current["seconds"], current["steps"]
+        selection = Selection(**current["selection"])
+
+    forward = staged.model.forward_features  # the training step's forward; evaluation stays eager
+    if plan.compiled:
+        forward = torch.compile(forward)
+    early = training.early_stopping
+    run.callbacks.on_stage_start(stage=plan.name, epochs=plan.epochs)
+    checkpointing = 0.0  # last epoch's serialisation + wait for the write before it: stage time too
+    for epoch in range(first_epoch, plan.epochs + 1):
+        epoch_started = time.perf_counter()
+        losses, taken = _train_epoch(run, plan, staged, forward, optimizer, scheduler, generator,
+                                     batches, limit=total_steps - steps)
+        steps += taken
+        last = epoch == plan.epochs or steps >= total_steps
+        metrics: dict[str, float] = {}
+        if last or epoch % training.eval_every == 0:
+            metrics = task_metrics(predict(staged.model, data.x_val), data.y_val, plan.tasks,
+                                   scales=data.scales)
+            selection.update(selection_score(metrics, plan.tasks, data.scales), epoch=epoch,
+                             staged=staged, keep=training.selection == "best",
+                             min_delta=early.min_delta if early else 0.0)
+            last = last or (early is not None and selection.stale >= early.patience)
+        epoch_seconds = time.perf_counter() - epoch_started
+        seconds += epoch_seconds + checkpointing
+        run.state["history"].append(history_row(plan, epoch, epoch_seconds, metrics, losses))
+        checkpointing, save = 0.0, True
+        if last:
+            if selection.best is not None:  # "best": the stage ends with its best epoch's weights
+                staged.load_weights(selection.best)
+            run.state["finished"][plan.name] = {
+                **staged.weights(), "epochs": epoch, "seconds": seconds, "steps": steps,
+                "best_epoch": selection.best_epoch, "stopped_early": epoch < plan.epochs
+                and steps < total_steps}
+            run.state["current"] = None
+        elif time.perf_counter() - run.last_saved >= run.checkpoint_interval \
+                or run.callbacks.should_stop():
+            run.state["current"] = {
+                "stage": plan.name, "epoch": epoch, "seconds": seconds, "steps": steps,
+                **staged.weights(), "optimizer": optimizer.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "rng": capture_rng(generator, run.device), "selection": selection.state()}
+        else:  # the checkpoint on disk stays at an earlier epoch for now
+            save, run.unsaved = False, True
+        if save:
+            saving_started = time.perf_counter()
+            run.save()
+            checkpointing = time.perf_counter() - saving_started
+        run.callbacks.on_epoch_end(stage=plan.name, epoch=epoch, epochs=plan.epochs,
+                                   progress=run.progress(stage=plan.name, epoch=epoch),
+                                   metrics=metrics, losses=losses, seconds=epoch_seconds)
+        if last:
+            break
+    waiting_started = time.perf_counter()
+    run.writer.wait()  # the stage's final state is on disk before the next stage starts
+    finished = run.state["finished"][plan.name]  # in memory (results.json): the full stage time
+    finished["seconds"] += checkpointing + time.perf_counter() - waiting_started
+
+
+def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callable[..., Any],
+                 optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                 batches: Batches, *, limit: int) -> tuple[dict[str, float], int]:
+    """Run one pass over the stage's rows (at most `limit` steps); return the sample-weighted
+    mean of each loss term and the steps taken.
+
+    Learned task weights are added as "weight.<task>" (their value at the end of the epoch).
+    """
+    spec = run.spec
+    coefficients = stage_coefficients(spec, plan, list(staged.adaptors))
+    term_plan = stage_term_plan(spec, plan)  # per epoch, not per step
+    noise = spec.training.input_noise if plan.noisy else 0.0
+    online = run.teaches_online(plan)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
+                else contextlib.nullcontext())
+    shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
+    shared = None if shared_layer is None else shared_layer.weight
+    step_coefficients: dict[str, float] | None = None  # the terms are the same most steps
+    # Loss sums stay on the device, one stacked tensor per set of term names: one sync per epoch.
+    sums: dict[tuple[str, ...], torch.Tensor] = {}
+    staged.train()
+    order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
+    taken = seen = 0
+    for rows in batches.epoch(order):
+        if taken >= limit:
+            break
+        if not run.unsaved and run.callbacks.should_stop():  # unsaved: stop at the epoch's end
+            raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
+        x = rows.x  # (batch, *input_shape)
+        if noise > 0:
+            x = x + noise * torch.randn_like(x)
+        soft = online_targets(spec, run.online_teachers, x, run.scales) if online else rows.soft
+        with autocast:
+            logits, taps = forward(x)
+        batch = Batch(logits={t: z.float() for t, z in logits.items()},
+                      features=taps["trunk"].flatten(1).float(), targets=rows.targets,
+                      labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
+                      teacher_features=soft.features if soft else {})
+        terms = term_plan.compute(batch, staged.adaptors)
+        taken += 1
+        seen += len(x)
+        if not terms:  # no labelled row and nothing to distil: the batch teaches nothing
+            if scheduler is not None:
+                scheduler.step()
+            continue
+        if step_coefficients is None or step_coefficients.keys() != terms.keys():
+            step_coefficients = {name: coefficients[name] for name in terms}
+        loss, weighting_terms = staged.weighting.combine(terms, step_coefficients, shared=shared)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        staged.weighting.after_step()
+        values = {**terms, **weighting_terms, "total": loss}
+        names = tuple(values)
+        weighted = torch.stack([value.detach() for value in values.values()]) * len(x)  # (terms,)
+        sums[names] = weighted if names not in sums else sums[names] + weighted
+    losses: dict[str, float] = {}
+    for names, total in sums.items():
+        for name, value in zip(names, (total / max(seen, 1)).tolist(), strict=True):
+            losses[name] = losses.get(name, 0.0) + value
+    losses.update({f"weight.{task}": w for task, w in staged.weighting.current_weights().items()})
+    staged.weighting.end_epoch()  # DWA derives the next epoch's weights here
+    broken = [name for name, value in losses.items() if not math.isfinite(value)]
+    if broken:
+        raise TrainingError(code="diverged", message=(
+            f"stage '{plan.name}' diverged: loss {', '.join(broken)} became NaN or infinite; "
+            f"try a lower learning rate (was {plan.lr:g})"))
+    return losses, taken
