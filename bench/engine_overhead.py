@@ -23,7 +23,8 @@ from typing import Any
 import torch
 
 from app.config import Settings
-from app.training.datasets.registry import generate_transfer_set, load_dataset
+from app.training.datasets.registry import generate_transfer_set
+from app.training.stage_data import load_job_data
 from app.training.loop import TrainCallbacks, train
 from app.training.models import build_model
 from app.training.spec import JobSpec
@@ -85,7 +86,10 @@ def engine_seconds(spec: dict[str, Any], root: Path, rep: int) -> tuple[float, f
 def handwritten_setup(spec: dict[str, Any], root: Path) -> dict[str, Any]:
     """Data, teacher logits (teacher trained here, untimed) for the hand-written side."""
     job = JobSpec.model_validate(spec)
-    data = load_dataset(job.dataset, tasks=list(job.tasks))
+    # the engine's own training rows (its validation split carved out), so both sides do the
+    # same work; the hand loop evaluates nothing while it trains
+    data = load_job_data(job.dataset, tasks=list(job.tasks), seed=job.training.seed, resolver=None,
+                         device=torch.device("cpu"))
     torch.manual_seed(0)
     teacher = build_model(job.teachers[0].source.train.arch, input_shape=data.input_shape,
                           tasks=list(job.tasks))
@@ -129,6 +133,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--job", nargs="+", default=list(JOBS), choices=list(JOBS))
     parser.add_argument("--epochs", type=int, default=None, help="override student epochs")
+    parser.add_argument("--eval-every", type=int, default=1, help=(
+        "the engine's training.eval_every (validation every k epochs and at the last; the hand "
+        "loop evaluates nothing while it trains)"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,6 +144,7 @@ def main() -> None:
         spec = json.loads(json.dumps(JOBS[name]))
         if args.epochs:
             spec["training"]["epochs"] = args.epochs
+        spec["training"]["eval_every"] = args.eval_every
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             engine_seconds(spec, root, -1)  # warm-up: trains the teacher, fills the cache
