@@ -1,7 +1,7 @@
 """Minimal hand-written PyTorch KD loop: the reference the engine is measured against.
 
 Tensors in memory, index slicing, the teacher's logits computed once before the student phase.
-Per task: multiclass alpha*KL(T)*T^2 + (1-alpha)*CE; binary alpha*softBCE(T)*T^2 + (1-alpha)*BCE;
+Per task: multiclass alpha*KL(T)*T^2 + (1-alpha)*CE; binary alpha*BernoulliKL(T)*T^2 + (1-alpha)*BCE;
 the task losses are summed with equal weights; AdamW; no per-epoch evaluation or checkpoint.
 """
 
@@ -22,7 +22,9 @@ def task_loss(kind: str, z: torch.Tensor, t: torch.Tensor, y: torch.Tensor, *, t
                         reduction="batchmean") * temperature**2
         return alpha * soft + (1 - alpha) * F.cross_entropy(z, y)
     z, t = z.squeeze(-1), t.squeeze(-1)
-    soft = F.binary_cross_entropy_with_logits(z / temperature, torch.sigmoid(t / temperature))
+    q = torch.sigmoid(t / temperature)  # Bernoulli KL(q || p) = CE(q, p) - H(q), H(q) = CE(q, q)
+    soft = (F.binary_cross_entropy_with_logits(z / temperature, q)
+            - F.binary_cross_entropy_with_logits(t / temperature, q))
     return alpha * soft * temperature**2 + (1 - alpha) * F.binary_cross_entropy_with_logits(z, y)
 
 

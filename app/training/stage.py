@@ -252,13 +252,14 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     term_plan = stage_term_plan(spec, plan)  # per epoch, not per step
     noise = spec.training.input_noise if plan.noisy else 0.0
     online = run.teaches_online(plan)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if run.device.type == "cuda"
-                else contextlib.nullcontext())
+    mixed = run.device.type == "cuda"  # bf16 autocast: losses are computed in float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
     shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
     shared = None if shared_layer is None else shared_layer.weight
     step_coefficients: dict[str, float] | None = None  # the terms are the same most steps
-    # Loss sums stay on the device, one stacked tensor per set of term names: one sync per epoch.
-    sums: dict[tuple[str, ...], torch.Tensor] = {}
+    # Sample-weighted loss sums stay on the device, one list per set of term names, added to by
+    # one fused call per step: one sync per epoch.
+    sums: dict[tuple[str, ...], list[torch.Tensor]] = {}
     staged.train()
     order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
     taken = seen = 0
@@ -273,8 +274,9 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
         soft = online_targets(spec, run.online_teachers, x, run.scales) if online else rows.soft
         with autocast:
             logits, taps = forward(x)
-        batch = Batch(logits={t: z.float() for t, z in logits.items()},
-                      features=taps["trunk"].flatten(1).float(), targets=rows.targets,
+        batch = Batch(logits={t: z.float() for t, z in logits.items()} if mixed else logits,
+                      features=taps["trunk"].flatten(1).float() if plan.features else None,
+                      targets=rows.targets,
                       labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
                       teacher_features=soft.features if soft else {})
         terms = term_plan.compute(batch, staged.adaptors)
@@ -295,11 +297,13 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
         staged.weighting.after_step()
         values = {**terms, **weighting_terms, "total": loss}
         names = tuple(values)
-        weighted = torch.stack([value.detach() for value in values.values()]) * len(x)  # (terms,)
-        sums[names] = weighted if names not in sums else sums[names] + weighted
+        with torch.no_grad():
+            if names not in sums:
+                sums[names] = [value.new_zeros(()) for value in values.values()]
+            torch._foreach_add_(sums[names], list(values.values()), alpha=len(x))
     losses: dict[str, float] = {}
     for names, total in sums.items():
-        for name, value in zip(names, (total / max(seen, 1)).tolist(), strict=True):
+        for name, value in zip(names, (torch.stack(total) / max(seen, 1)).tolist(), strict=True):
             losses[name] = losses.get(name, 0.0) + value
     losses.update({f"weight.{task}": w for task, w in staged.weighting.current_weights().items()})
     staged.weighting.end_epoch()  # DWA derives the next epoch's weights here
