@@ -93,10 +93,9 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
                 else rows["labelled"] if plan.dataset is None  # baseline, job-dataset teachers
                 else round(BUILTIN_DATASETS[plan.dataset]["n_train"]  # a source domain's train
                            * (1 - spec.dataset.validation_fraction)))
-        per_epoch = steps_per_epoch(seen, plan.batch_size)
+        per_epoch = plan.epoch_steps or steps_per_epoch(seen, plan.batch_size)
         stages.append({"name": plan.name, "epochs": plan.epochs, "batch_size": plan.batch_size,
-                       "steps_per_epoch": per_epoch,
-                       "steps": plan.max_steps or plan.epochs * per_epoch})
+                       "steps_per_epoch": per_epoch, "steps": plan.epochs * per_epoch})
     cached_rows = rows["train"] + rows["validation"] + rows["test"] + transfer_rows
     out_width = sum(output_size(task) for task in spec.tasks)
     return {

@@ -8,7 +8,7 @@ and writer, the callbacks); loop.py builds it and calls `train_stage` per stage.
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.training.batching import Batches, choose_placement, stage_bytes
+from app.training.batching import Batches, RowBatch, choose_placement, stage_bytes
 from app.training.callbacks import TrainCallbacks
 from app.training.checkpoint import CheckpointWriter, capture_rng, restore_rng
 from app.training.errors import TrainingCancelled, TrainingError
@@ -168,7 +168,8 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     if learned:
         groups.append({"params": learned, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups, lr=plan.lr, weight_decay=plan.weight_decay)
-    total_steps = plan.max_steps or plan.epochs * steps_per_epoch(batches.rows, plan.batch_size)
+    epoch_steps = plan.epoch_steps or steps_per_epoch(batches.rows, plan.batch_size)
+    total_steps = plan.epochs * epoch_steps
     scheduler = build_scheduler(training.schedule, optimizer, lr=plan.lr, total_steps=total_steps,
                                 warmup_steps=training.warmup_steps)
     generator = torch.Generator().manual_seed(plan.seed)  # batch order, on the CPU
@@ -192,9 +193,9 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     for epoch in range(first_epoch, plan.epochs + 1):
         epoch_started = time.perf_counter()
         losses, taken = _train_epoch(run, plan, staged, forward, optimizer, scheduler, generator,
-                                     batches, limit=total_steps - steps)
+                                     batches)
         steps += taken
-        last = epoch == plan.epochs or steps >= total_steps
+        last = epoch == plan.epochs
         metrics: dict[str, float] = {}
         if last or epoch % training.eval_every == 0:
             metrics = task_metrics(predict(staged.model, data.x_val), data.y_val, plan.tasks,
@@ -212,8 +213,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
                 staged.load_weights(selection.best)
             run.state["finished"][plan.name] = {
                 **staged.weights(), "epochs": epoch, "seconds": seconds, "steps": steps,
-                "best_epoch": selection.best_epoch, "stopped_early": epoch < plan.epochs
-                and steps < total_steps}
+                "best_epoch": selection.best_epoch, "stopped_early": epoch < plan.epochs}
             run.state["current"] = None
         elif time.perf_counter() - run.last_saved >= run.checkpoint_interval \
                 or run.callbacks.should_stop():
@@ -241,9 +241,10 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
 
 def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callable[..., Any],
                  optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                 batches: Batches, *, limit: int) -> tuple[dict[str, float], int]:
-    """Run one pass over the stage's rows (at most `limit` steps); return the sample-weighted
-    mean of each loss term and the steps taken.
+                 batches: Batches) -> tuple[dict[str, float], int]:
+    """Run one epoch: a pass over the stage's rows, or `plan.epoch_steps` steps over as many
+    reshuffled passes as that takes; return the sample-weighted mean of each loss term and the
+    steps taken.
 
     Learned task weights are added as "weight.<task>" (their value at the end of the epoch).
     """
@@ -261,11 +262,8 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     # one fused call per step: one sync per epoch.
     sums: dict[tuple[str, ...], list[torch.Tensor]] = {}
     staged.train()
-    order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
     taken = seen = 0
-    for rows in batches.epoch(order):
-        if taken >= limit:
-            break
+    for rows in _epoch_batches(batches, generator, steps=plan.epoch_steps):
         if not run.unsaved and run.callbacks.should_stop():  # unsaved: stop at the epoch's end
             raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
         x = rows.x  # (batch, *input_shape)
@@ -313,3 +311,18 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
             f"stage '{plan.name}' diverged: loss {', '.join(broken)} became NaN or infinite; "
             f"try a lower learning rate (was {plan.lr:g})"))
     return losses, taken
+
+
+def _epoch_batches(batches: Batches, generator: torch.Generator, *,
+                   steps: int | None) -> Iterator[RowBatch]:
+    """Yield one epoch's batches: one seeded pass, or exactly `steps` over fresh passes."""
+    taken = 0
+    while True:
+        order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
+        for rows in batches.epoch(order):
+            yield rows
+            taken += 1
+            if steps is not None and taken == steps:
+                return
+        if steps is None:
+            return

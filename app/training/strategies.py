@@ -40,7 +40,9 @@ class StagePlan:
     weight_decay: float
     seed: int  # seeds the model init and the batch order
     dataset: str | None = None  # a teacher's source-domain dataset (None: the job's)
-    max_steps: int | None = None  # the baseline's budget: the student stages' steps together
+    # Steps per epoch when an epoch is not one pass over the stage's rows: the baseline takes the
+    # student's, cycling over its labelled rows, so both have the same steps and the same epochs.
+    epoch_steps: int | None = None
     reads_teachers: bool = False  # soft or feature terms against teacher targets
     soft_tasks: tuple[str, ...] = ()  # tasks with a soft (KD) term
     features: bool = False  # feature-distillation terms (with adaptors)
@@ -68,7 +70,9 @@ def plan_stages(spec: JobSpec, *, rows: dict[str, int]) -> list[StagePlan]:
 
     `rows`: "train" (training rows), "labelled" (those with labels), "transfer" (extra rows).
     In-job teachers on the job's dataset and the baseline train on the labelled rows; the
-    baseline runs exactly as many optimiser steps as the student stages together.
+    baseline runs exactly as many optimiser steps as the student stages together, in as many
+    epochs (each of the student's steps per epoch, reshuffling its rows as often as needed), so its
+    curve and its evaluations line up with the student's.
     """
     stages = []
     for index, teacher in enumerate(spec.teachers):
@@ -97,11 +101,9 @@ def plan_stages(spec: JobSpec, *, rows: dict[str, int]) -> list[StagePlan]:
                             masked=masked, learned_weighting=learned,
                             noisy=training.input_noise > 0, **common))
     if spec.baseline:
-        budget = sum(plan.epochs * steps_per_epoch(student_rows, plan.batch_size)
-                     for plan in stages if plan.role != "teacher")
-        per_epoch = steps_per_epoch(rows["labelled"], training.batch_size)
-        stages.append(StagePlan(name="baseline", role="baseline",
-                                epochs=math.ceil(budget / per_epoch), max_steps=budget,
+        epochs = sum(plan.epochs for plan in stages if plan.role != "teacher")
+        stages.append(StagePlan(name="baseline", role="baseline", epochs=epochs,
+                                epoch_steps=steps_per_epoch(student_rows, training.batch_size),
                                 learned_weighting=learned, noisy=training.input_noise > 0,
                                 **common))
     return stages

@@ -163,6 +163,9 @@ def test_the_baseline_gets_the_students_steps_over_its_labelled_rows(tmp_path: P
     rows = results["rows"]
     per_epoch = math.ceil((rows["train"] + rows["transfer"]) / 128)
     assert steps(results, "student") == steps(results, "baseline") == 2 * per_epoch
+    # in as many epochs as the student (reshuffling its 121 rows), so the curves line up
+    assert [s["epochs"] for s in results["stages"] if s["name"] in ("student", "baseline")] == [2, 2]
+    assert len(history(tmp_path / "job", "baseline")) == 2
     # the teacher trained on the labelled rows only, as the student's hard terms see them
     assert steps(results, "teacher:t") == math.ceil(rows["labelled"] / 128)
     assert rows["labelled"] == round(0.1 * rows["train"])
