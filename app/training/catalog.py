@@ -24,6 +24,7 @@ TASK_KINDS: dict[str, str] = {
 }
 KINDS_WITH_CLASSES = ("multiclass", "multilabel")
 
+# `fields` is also what ArchSpec accepts for the type (a field listed for other types only is refused).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mlp": {
         "description": "shared trunk of Linear+ReLU(+dropout) layers, one Linear+ReLU head per task",
@@ -49,9 +50,55 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
                    "dropout": "dropout after dense trunk layers"},
         "feature_taps": ["trunk"],
     },
+    "resnet": {
+        "description": ("small images (channels, height, width) or (height, width): 3x3 conv+BN+ReLU "
+                        "stem, stages of basic residual blocks (stride 2 at the first block of each "
+                        "later stage), global average pooling, dense trunk, one head per task"),
+        "fields": {"channels": "stage widths (default [32, 64])",
+                   "blocks": "basic blocks per stage, one per channels entry (default [2, 2])",
+                   "trunk": "dense widths after pooling (may be empty)",
+                   "head": "list of per-task head widths",
+                   "dropout": "dropout after dense trunk layers"},
+        "feature_taps": ["trunk"],
+    },
+    "mobilenet": {
+        "description": ("images as resnet: 3x3 conv+BN+ReLU6 stem, stages of MobileNetV2 inverted "
+                        "residuals (1x1 expand, 3x3 depthwise, 1x1 linear project, BatchNorm, "
+                        "ReLU6; x added when shapes match), global average pooling, dense trunk"),
+        "fields": {"channels": "stage widths (default [32, 64])",
+                   "blocks": "inverted residuals per stage, one per channels entry (default [2, 2])",
+                   "expansion": "width multiplier of the 1x1 expansion (default 4)",
+                   "trunk": "dense widths after pooling (may be empty)",
+                   "head": "list of per-task head widths",
+                   "dropout": "dropout after dense trunk layers"},
+        "feature_taps": ["trunk"],
+    },
+    "mmoe": {
+        "description": ("Multi-gate Mixture-of-Experts (Ma et al. 2018): inputs flattened; MLP "
+                        "experts shared by all tasks, one softmax gate per task mixing them into "
+                        "that task's tower (its head)"),
+        "fields": {"experts": "number of experts (default 4)",
+                   "expert": "widths of each expert MLP (default [64])",
+                   "head": "list of per-task tower widths", "dropout": "on each tower's input"},
+        # trunk: every task's tower input side by side, (batch, n_tasks * expert[-1])
+        "feature_taps": ["trunk", "task:<task>"],
+    },
+    "ple": {
+        "description": ("Progressive Layered Extraction (Tang et al. 2020): inputs flattened; "
+                        "levels of shared and per-task MLP experts, a softmax gate per task over "
+                        "its own and the shared experts, and between levels a shared gate over all "
+                        "experts; one tower (head) per task"),
+        "fields": {"levels": "number of extraction levels (default 2)",
+                   "shared_experts": "shared experts per level (default 2)",
+                   "task_experts": "experts of each task per level (default 2)",
+                   "expert": "widths of each expert MLP (default [64])",
+                   "head": "list of per-task tower widths", "dropout": "on each tower's input"},
+        "feature_taps": ["trunk", "task:<task>"],
+    },
 }
-# Input ranks (without the batch axis) each architecture accepts; mlp flattens anything.
-ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3)}
+# Input ranks (without the batch axis) each architecture accepts; mlp, mmoe, ple flatten anything.
+ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3), "resnet": (2, 3),
+                                                "mobilenet": (2, 3)}
 
 STRATEGIES: dict[str, str] = {
     "task_kd": "per-task soft labels from the teachers at temperature T, mixed with hard labels by alpha",

@@ -7,7 +7,14 @@ Every model maps x (batch, *input_shape) to {task: (batch, output_size)} and exp
             Conv1d(kernel_size, same padding)+ReLU+MaxPool(2), then global average pooling and
             the dense `trunk` layers
     cnn2d   images (batch, channels, height, width) or (batch, height, width); as cnn1d in 2-D
-Heads are Linear+ReLU per `head` width, then Linear to the task's output size.
+    resnet, mobilenet
+            images as cnn2d; a residual body (archs_vision.py), global average pooling and the
+            dense `trunk` layers
+    mmoe, ple
+            gated mixtures of experts (archs_mtl.py): no shared trunk; "trunk" taps the towers'
+            inputs side by side, and "task:<name>" each one
+Heads are Linear+ReLU per `head` width, then Linear to the task's output size (for mmoe and ple,
+the task towers).
 """
 
 import math
@@ -16,6 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from app.training.archs_mtl import MMoE, PLE
+from app.training.archs_vision import ResidualBlock, residual_body
 from app.training.catalog import ARCH_INPUT_RANKS
 from app.training.spec import ArchSpec, TaskSpec
 
@@ -37,8 +46,7 @@ class MultiTaskNet(nn.Module):
         self.trunk_dropout = layers.pop() if layers and isinstance(layers[-1], nn.Dropout) else nn.Identity()
         self.trunk = nn.Sequential(*layers)
         self.trunk_features = trunk_features
-        self.heads = nn.ModuleDict({task: _head(trunk_features, head, size)
-                                    for task, size in outputs.items()})
+        self.heads = _heads(trunk_features, head, outputs)
 
     def forward_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Return (logits per task, feature taps); taps: {"trunk": (batch, trunk_features)}."""
@@ -52,8 +60,14 @@ class MultiTaskNet(nn.Module):
         return self.forward_features(x)[0]
 
     def last_shared_layer(self) -> nn.Module | None:
-        """Return the trunk's last layer with weights (GradNorm's gradient probe), if any."""
-        layers = [m for m in self.trunk if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+        """Return the trunk's last layer with weights (GradNorm's gradient probe), if any.
+
+        In a residual block that is its main path's last conv (a shortcut conv exists only
+        where the shape changes).
+        """
+        layers = [m for module in self.trunk
+                  for m in (module.main if isinstance(module, ResidualBlock) else [module])
+                  if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
         return layers[-1] if layers else None
 
 
@@ -112,34 +126,74 @@ def _dense_layers(layers: list[nn.Module], width: int, widths: Sequence[int], dr
     return width
 
 
-def _head(in_features: int, widths: Sequence[int], out_features: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in widths:
-        layers += [nn.Linear(in_features, width), nn.ReLU()]
-        in_features = width
-    layers.append(nn.Linear(in_features, out_features))
-    return nn.Sequential(*layers)
+def _heads(in_features: int, widths: Sequence[int], outputs: dict[str, int]) -> nn.ModuleDict:
+    """Return task -> Linear+ReLU per width, then Linear to the task's output size."""
+    heads = nn.ModuleDict()
+    for task, out_features in outputs.items():
+        layers: list[nn.Module] = []
+        width = in_features
+        for next_width in widths:
+            layers += [nn.Linear(width, next_width), nn.ReLU()]
+            width = next_width
+        layers.append(nn.Linear(width, out_features))
+        heads[task] = nn.Sequential(*layers)
+    return heads
+
+
+def _check_rank(arch: ArchSpec, input_shape: Sequence[int]) -> None:
+    if len(input_shape) not in ARCH_INPUT_RANKS[arch.type]:
+        raise ValueError(f"{arch.type} needs inputs of rank {ARCH_INPUT_RANKS[arch.type]} "
+                         f"(without the batch axis), got shape {list(input_shape)}")
 
 
 def build_mlp(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
     """Build a MultiTaskMLP; inputs of any shape are flattened."""
+    assert arch.trunk is not None  # filled in by ArchSpec
     return MultiTaskMLP(in_features=math.prod(input_shape), trunk=arch.trunk, head=arch.head,
                         dropout=arch.dropout, outputs=outputs)
 
 
 def build_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
     """Build a 1-D or 2-D MultiTaskCNN for inputs with or without a channel axis."""
-    if len(input_shape) not in ARCH_INPUT_RANKS[arch.type]:
-        raise ValueError(f"{arch.type} needs inputs of rank {ARCH_INPUT_RANKS[arch.type]} "
-                         f"(without the batch axis), got shape {list(input_shape)}")
-    assert arch.channels is not None and arch.kernel_size is not None  # filled in by ArchSpec
+    _check_rank(arch, input_shape)
+    assert arch.channels is not None and arch.kernel_size is not None and arch.trunk is not None
     return MultiTaskCNN(dims=1 if arch.type == "cnn1d" else 2, input_shape=input_shape,
                         channels=arch.channels, kernel_size=arch.kernel_size, trunk=arch.trunk,
                         head=arch.head, dropout=arch.dropout, outputs=outputs)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": build_mlp, "cnn1d": build_cnn,
-                                                      "cnn2d": build_cnn}
+def build_residual_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
+    """Build a resnet or mobilenet: residual body, global average pooling, dense trunk, heads."""
+    _check_rank(arch, input_shape)
+    assert arch.channels is not None and arch.blocks is not None and arch.trunk is not None
+    layers, width = residual_body(arch.type, input_shape=input_shape, channels=arch.channels,
+                                  blocks=arch.blocks, expansion=arch.expansion or 1)
+    layers.append(GlobalAveragePool(2))  # (batch, width, h, w) -> (batch, width)
+    width = _dense_layers(layers, width, arch.trunk, arch.dropout)
+    return MultiTaskNet(trunk=nn.Sequential(*layers), trunk_features=width, head=arch.head,
+                        outputs=outputs)
+
+
+def build_mmoe(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
+    """Build an MMoE whose towers follow the head convention; inputs of any shape are flattened."""
+    assert arch.experts is not None and arch.expert is not None  # filled in by ArchSpec
+    return MMoE(in_features=math.prod(input_shape), experts=arch.experts, expert=arch.expert,
+                heads=_heads(arch.expert[-1], arch.head, outputs), dropout=arch.dropout)
+
+
+def build_ple(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
+    """Build a PLE whose towers follow the head convention; inputs of any shape are flattened."""
+    assert arch.levels is not None and arch.expert is not None  # filled in by ArchSpec
+    assert arch.shared_experts is not None and arch.task_experts is not None
+    return PLE(in_features=math.prod(input_shape), levels=arch.levels,
+               shared_experts=arch.shared_experts, task_experts=arch.task_experts,
+               expert=arch.expert, heads=_heads(arch.expert[-1], arch.head, outputs),
+               dropout=arch.dropout)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": build_mlp, "cnn1d": build_cnn, "cnn2d": build_cnn, "resnet": build_residual_cnn,
+    "mobilenet": build_residual_cnn, "mmoe": build_mmoe, "ple": build_ple}
 
 
 def build_model(arch: ArchSpec, *, input_shape: Sequence[int], tasks: Sequence[TaskSpec]) -> nn.Module:

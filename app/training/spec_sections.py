@@ -4,12 +4,13 @@ training), each a small pydantic model with the checks that need only its own fi
 Cross-section rules live in spec.py (JobSpec). Names come from catalog.py's tables.
 """
 
-from typing import Annotated, Any
+import copy
+from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from app.training.catalog import (ARCH_INPUT_RANKS, KINDS_WITH_CLASSES, PRESET_TERMS,
+from app.training.catalog import (ARCHITECTURES, KINDS_WITH_CLASSES, PRESET_TERMS,
                                   TEACHER_SOURCES, ArchType, DatasetFormat, DeviceName, OnnxOutputs,
                                   OutputsAre,
                                   PlacementName, ScheduleName, SelectionName, StrategyName,
@@ -106,30 +107,52 @@ class TaskSpec(_Strict):
 class ArchSpec(_Strict):
     """A zoo architecture; `hidden` is accepted as another name for `trunk`.
 
-    `channels` and `kernel_size` belong to cnn1d/cnn2d (defaults filled in there, absent from an
-    mlp's stored form); for those, `trunk` lists the dense layers after global pooling.
+    Every field but type, head and dropout belongs to the types whose catalog entry lists it
+    (catalog.ARCHITECTURES[type]["fields"]): its default is filled in there, it is absent from
+    the stored form of the others, and giving it to another type is an error. For the CNNs,
+    `trunk` lists the dense layers after global pooling; mmoe and ple have no trunk.
     """
 
     type: ArchType = "mlp"
-    trunk: list[Width] = Field(default_factory=lambda: [64], max_length=16)
+    trunk: list[Width] | None = Field(default=None, max_length=16, exclude_if=_unset)
     head: list[Width] = Field(default_factory=list, max_length=16)
     dropout: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.0
-    channels: list[Width] | None = Field(default=None, min_length=1, max_length=16,
-                                         exclude_if=lambda value: value is None)
-    kernel_size: int | None = Field(default=None, ge=1, le=31, exclude_if=lambda value: value is None)
+    channels: list[Width] | None = Field(default=None, min_length=1, max_length=16, exclude_if=_unset)
+    kernel_size: int | None = Field(default=None, ge=1, le=31, exclude_if=_unset)
+    blocks: list[Annotated[int, Field(ge=1, le=16)]] | None = Field(
+        default=None, min_length=1, max_length=16, exclude_if=_unset)
+    expansion: int | None = Field(default=None, ge=1, le=16, exclude_if=_unset)
+    experts: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
+    expert: list[Width] | None = Field(default=None, min_length=1, max_length=16, exclude_if=_unset)
+    levels: int | None = Field(default=None, ge=1, le=8, exclude_if=_unset)
+    shared_experts: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
+    task_experts: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
+
+    # The default of each field that only some types use.
+    TYPE_FIELD_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "trunk": [64], "channels": [32, 64], "kernel_size": 5, "blocks": [2, 2], "expansion": 4,
+        "experts": 4, "expert": [64], "levels": 2, "shared_experts": 2, "task_experts": 2}
 
     @model_validator(mode="after")
-    def _conv_fields_match_type(self) -> "ArchSpec":
-        if self.type not in ARCH_INPUT_RANKS:
-            given = [name for name in ("channels", "kernel_size") if getattr(self, name) is not None]
-            if given:
-                raise _error("unexpected_conv_field",
-                             f"{', '.join(given)}: only used by cnn1d and cnn2d, not {self.type}")
-            return self
-        self.channels = self.channels or [32, 64]
-        self.kernel_size = self.kernel_size or 5
-        if self.kernel_size % 2 == 0:
+    def _fields_match_type(self) -> "ArchSpec":
+        used = ARCHITECTURES[self.type]["fields"]
+        unexpected = [name for name in self.TYPE_FIELD_DEFAULTS
+                      if name not in used and getattr(self, name) is not None]
+        if unexpected:
+            problems = []
+            for name in unexpected:
+                users = [other for other, entry in ARCHITECTURES.items() if name in entry["fields"]]
+                listed = " and ".join([", ".join(users[:-1]), users[-1]] if len(users) > 1 else users)
+                problems.append(f"{name}: only used by {listed}, not {self.type}")
+            raise _error("unexpected_arch_field", "; ".join(problems))
+        for name, default in self.TYPE_FIELD_DEFAULTS.items():
+            if name in used and getattr(self, name) is None:
+                setattr(self, name, copy.deepcopy(default))
+        if self.kernel_size is not None and self.kernel_size % 2 == 0:
             raise _error("even_kernel_size", "kernel_size must be odd (convolutions keep the size)")
+        if self.blocks is not None and self.channels is not None and len(self.blocks) != len(self.channels):
+            raise _error("blocks_per_stage", f"blocks: one entry per stage, as many as channels "
+                         f"({len(self.channels)}), got {len(self.blocks)}")
         return self
 
     @model_validator(mode="before")
