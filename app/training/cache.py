@@ -31,7 +31,8 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
     for tensor in tensors:
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

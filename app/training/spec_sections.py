@@ -83,7 +83,12 @@ def _known_dataset(name: str) -> str:
     if name not in BUILTIN_DATASETS:
         known = ", ".join(sorted(BUILTIN_DATASETS))
         raise _error("unknown_dataset", f"unknown built-in dataset '{name}'; known: {known}")
+    meta = BUILTIN_DATASETS[name]
+    if not meta.get("available", True):
+        raise _error("dataset_unavailable", f"built-in dataset '{name}' is not installed on this "
+                                            f"server; {meta['requires']}")
     return name
+
 
 class TaskSpec(_Strict):
     """One prediction task of the multi-task student."""

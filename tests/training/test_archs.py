@@ -301,15 +301,6 @@ def test_mobilenet_student_learns_from_an_mmoe_teacher_on_digit_images(tmp_path:
     assert isinstance(student.last_shared_layer(), torch.nn.Conv2d)
 
 
-# ModelTeacher hashes the teacher's state_dict with cache.tensor_sha256, which cannot view a
-# 0-dim tensor as bytes; BatchNorm's `num_batches_tracked` is one. The fix belongs in cache.py
-# (`tensor.reshape(-1).view(torch.uint8)`); strict, so these fail once it lands: remove the mark.
-BATCHNORM_TEACHERS_FAIL = pytest.mark.xfail(
-    strict=True, raises=RuntimeError,
-    reason="cache.tensor_sha256 cannot hash BatchNorm's 0-dim num_batches_tracked")
-
-
-@BATCHNORM_TEACHERS_FAIL
 def test_resnet_student_learns_from_a_resnet_teacher_on_digit_images(tmp_path: Path):
     arch = {"type": "resnet", "channels": [4, 8], "blocks": [1, 1], "trunk": []}
     data = tiny_spec_dict(training={"epochs": 2}, baseline=False)
@@ -321,7 +312,6 @@ def test_resnet_student_learns_from_a_resnet_teacher_on_digit_images(tmp_path: P
 
 
 @pytest.mark.slow  # 10,000 36x36 images: about 30 s on 2 shared CPU cores
-@BATCHNORM_TEACHERS_FAIL
 def test_resnet_student_learns_from_a_resnet_teacher_on_multimnist(tmp_path: Path):
     tasks = [{"name": "left", "kind": "multiclass", "num_classes": 10},
              {"name": "right", "kind": "multiclass", "num_classes": 10}]

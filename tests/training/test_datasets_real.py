@@ -186,3 +186,17 @@ def test_fashion_tiny_job_trains_on_a_slice_of_the_builtin(tmp_path, monkeypatch
     assert results["rows"]["test"] == 600
     assert set(results["tasks"]) == {"item", "category", "footwear"}
     assert results["tasks"]["category"]["teacher"] > 0.4  # one epoch already beats chance (0.25)
+
+
+def test_a_spec_naming_an_uninstalled_builtin_is_refused_with_the_install_command(monkeypatch):
+    from pydantic import ValidationError
+
+    from app.training.datasets.catalog import BUILTIN_DATASETS
+
+    monkeypatch.setitem(BUILTIN_DATASETS["fashion-mnist-mt"], "available", False)
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate(job_dict({"builtin": "fashion-mnist-mt"}, FASHION_TASKS,
+                                        {"type": "mlp", "trunk": [16]}))
+    error = caught.value.errors()[0]
+    assert error["type"] == "dataset_unavailable"
+    assert "apt-get install dataset-fashion-mnist" in error["msg"]
