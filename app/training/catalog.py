@@ -100,6 +100,15 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3), "resnet": (2, 3),
                                                 "mobilenet": (2, 3)}
 
+# training.augment: what each field does to a student/baseline batch; the fields of AugmentSpec.
+AUGMENTATIONS: dict[str, str] = {
+    "crop_padding": ("p >= 0: pad each image by p zeros on every side and take a random crop of the "
+                     "original height and width, its own per sample (0: no crop)"),
+    "flip": "true: mirror each image left-right with probability 0.5, per sample",
+}
+# Input ranks (no batch axis) augmentation accepts: (height, width), (channels, height, width).
+AUGMENT_INPUT_RANKS: tuple[int, ...] = (2, 3)
+
 STRATEGIES: dict[str, str] = {
     "task_kd": "per-task soft labels from the teachers at temperature T, mixed with hard labels by alpha",
     "feature_kd": "trunk features matched to each teacher's through a learned adaptor (normalised MSE)",
@@ -193,6 +202,7 @@ def catalog() -> dict[str, Any]:
         "datasets": BUILTIN_DATASETS,
         "task_kinds": TASK_KINDS,
         "architectures": ARCHITECTURES,
+        "augmentations": AUGMENTATIONS,
         "strategies": STRATEGIES,
         "loss_terms": LOSS_TERMS,
         "teacher_sources": TEACHER_SOURCES,

@@ -13,7 +13,8 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from app.training.catalog import ARCH_INPUT_RANKS, EXPORT_FORMATS, ExportFormat
+from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EXPORT_FORMATS,
+                                  ExportFormat)
 from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
 from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec, EarlyStoppingSpec,
                                         OnnxSourceSpec, OutputsSourceSpec, TaskKDOverride, TaskSpec,
@@ -231,14 +232,36 @@ class JobSpec(_Strict):
 
     @field_validator("training")
     @classmethod
-    def _noise_needs_online_teachers(cls, training: TrainingSpec,
-                                     info: ValidationInfo) -> TrainingSpec:
+    def _changed_inputs_need_online_teachers(cls, training: TrainingSpec,
+                                             info: ValidationInfo) -> TrainingSpec:
         distillation = info.data.get("distillation")
-        if training.input_noise > 0 and distillation is not None and not distillation.online:
-            raise _error("noise_without_online", (
-                "training.input_noise: the cached teacher targets were computed on clean inputs, "
-                "which the noisy student never sees; set distillation.online to true (the teachers "
-                "then label each noisy batch) or training.input_noise to 0"))
+        if distillation is None or distillation.online:
+            return training
+        augment = training.augment
+        # (error type, field, what the student's inputs become, the field's "off" value, is it on)
+        for kind, path, changed, off, on in (
+                ("noise_without_online", "training.input_noise", "noisy", "0",
+                 training.input_noise > 0),
+                ("augment_without_online", "training.augment", "augmented", "null",
+                 augment is not None and (augment.crop_padding > 0 or augment.flip))):
+            if on:
+                raise _error(kind, (
+                    f"{path}: the cached teacher targets were computed on clean inputs, which the "
+                    f"{changed} student never sees; set distillation.online to true (the teachers "
+                    f"then label each {changed} batch) or {path} to {off}"))
+        return training
+
+    @field_validator("training")
+    @classmethod
+    def _augment_fits_inputs(cls, training: TrainingSpec, info: ValidationInfo) -> TrainingSpec:
+        dataset = info.data.get("dataset")
+        # A file's shape is known when it is read: augment.py checks the batches then.
+        if training.augment is not None and dataset is not None and dataset.builtin:
+            shape = BUILTIN_DATASETS[dataset.builtin]["input_shape"]
+            if len(shape) not in AUGMENT_INPUT_RANKS:
+                raise _error("augment_input_rank", (
+                    f"training.augment: crops and flips need images, (height, width) or (channels, "
+                    f"height, width); dataset '{dataset.builtin}' has inputs {shape}"))
         return training
 
     @field_validator("export")

@@ -357,6 +357,13 @@ class EarlyStoppingSpec(_Strict):
     min_delta: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
+class AugmentSpec(_Strict):
+    """Random crops and flips of the student's and the baseline's images (catalog.AUGMENTATIONS)."""
+
+    crop_padding: int = Field(default=0, ge=0, le=64)  # the bound caps the padded batch's memory
+    flip: bool = False
+
+
 class TrainingSpec(_Strict):
     """Optimisation budget and protocol of the student (the baseline and in-job teachers share
     the schedule, the evaluation cadence, the selection and early stopping)."""
@@ -368,6 +375,7 @@ class TrainingSpec(_Strict):
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     device: DeviceName = "auto"
     input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
+    augment: AugmentSpec | None = None  # random crops / flips of image inputs (rank 2 or 3)
     # Where training rows live: all on the device (index slices) or streamed by a DataLoader.
     data_placement: PlacementName = "auto"
     loader_workers: int = Field(default=0, ge=0, le=32)  # DataLoader processes ("stream" only)

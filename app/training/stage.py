@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from app.training.augment import augment_images
 from app.training.batching import Batches, RowBatch, choose_placement, stage_bytes
 from app.training.callbacks import TrainCallbacks
 from app.training.checkpoint import CheckpointWriter, capture_rng, restore_rng
@@ -252,6 +253,10 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     coefficients = stage_coefficients(spec, plan, list(staged.adaptors))
     term_plan = stage_term_plan(spec, plan)  # per epoch, not per step
     noise = spec.training.input_noise if plan.noisy else 0.0
+    # Crops and flips go where input_noise goes, to the student and the baseline (so the no-KD
+    # control gets the same inputs); teachers and the cascaded trunk stage train on clean rows.
+    # StagePlan has no flag for it (plan.noisy is input_noise > 0), so the role decides here.
+    augment = spec.training.augment if plan.role in ("student", "baseline") else None
     online = run.teaches_online(plan)
     mixed = run.device.type == "cuda"  # bf16 autocast: losses are computed in float32
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
@@ -267,6 +272,8 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
         if not run.unsaved and run.callbacks.should_stop():  # unsaved: stop at the epoch's end
             raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
         x = rows.x  # (batch, *input_shape)
+        if augment is not None:  # then noise; online teachers and the student see this same x
+            x = augment_images(x, crop_padding=augment.crop_padding, flip=augment.flip)
         if noise > 0:
             x = x + noise * torch.randn_like(x)
         soft = online_targets(spec, run.online_teachers, x, run.scales) if online else rows.soft

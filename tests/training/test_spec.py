@@ -57,9 +57,10 @@ def test_architecture_example_validates_and_writes_defaults_back():
     dumped = spec.model_dump(mode="json")
     assert dumped["training"] == {"epochs": 30, "batch_size": 128, "lr": 0.002, "seed": 0,
                                   "weight_decay": 0.0, "device": "auto", "input_noise": 0.0,
-                                  "data_placement": "auto", "loader_workers": 0, "compile": False,
-                                  "schedule": "constant", "warmup_steps": 0, "selection": "last",
-                                  "early_stopping": None, "eval_every": 1, "deterministic": False}
+                                  "augment": None, "data_placement": "auto", "loader_workers": 0,
+                                  "compile": False, "schedule": "constant", "warmup_steps": 0,
+                                  "selection": "last", "early_stopping": None, "eval_every": 1,
+                                  "deterministic": False}
     assert dumped["distillation"]["per_task"] == {}
     assert dumped["teachers"][0]["source"]["train"] == {
         "arch": {"type": "mlp", "trunk": [512, 512], "head": [], "dropout": 0.0},
