@@ -179,7 +179,9 @@ EXPORT_FORMATS: dict[str, str] = {
     "onnx": "student.onnx: input 'x', one output per task",
 }
 DATASET_FORMATS: dict[str, str] = {"npz": "x and y_<task> arrays", "csv": "a table",
-                                   "parquet": "a table"}
+                                   "parquet": "a table",
+                                   "images": ("a zip of PNG/JPEG files and one CSV (`file` and label "
+                                              "columns); needs image_size")}
 
 TaskKind = literal(TASK_KINDS)
 ArchType = literal(ARCHITECTURES)

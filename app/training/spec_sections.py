@@ -5,7 +5,7 @@ Cross-section rules live in spec.py (JobSpec). Names come from catalog.py's tabl
 """
 
 import copy
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -40,12 +40,14 @@ def _unset(value: Any) -> bool:
 
 
 class DatasetSpec(_Strict):
-    """Where the rows come from: a built-in dataset, or an uploaded file (NPZ, CSV or Parquet).
+    """Where the rows come from: a built-in dataset, or an uploaded file (NPZ, CSV, Parquet or images).
 
     Files: NPZ holds `x` and `y_<task>` arrays (optional `split`); a table maps each task to a
     column (`targets`, default: the column named after the task; multilabel: a list of columns),
     its features are `features` (default: every other column), and `split_column` may fix the split
-    ("train", "val"/"validation", "test").
+    ("train", "val"/"validation", "test"). An images zip holds PNG/JPEG files and one CSV with a
+    `file` column, a column per task and optionally `split` (datasets/images.py); its inputs are
+    (channels, *image_size).
     Validation rows: those the split marks, else a seeded `validation_fraction` of train,
     stratified like the test split.
     """
@@ -60,6 +62,10 @@ class DatasetSpec(_Strict):
     # Tables: numeric features are standardised with train statistics unless this is false (set it
     # false when an uploaded teacher expects the raw feature values).
     standardize: bool | None = Field(default=None, exclude_if=_unset)
+    # Images: every image is resized (bilinear) to [height, width] and read as grayscale (1) or RGB (3).
+    image_size: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
+        default=None, min_length=2, max_length=2, exclude_if=_unset)
+    channels: Literal[1, 3] | None = Field(default=None, exclude_if=_unset)
     validation_fraction: float = Field(default=0.1, gt=0, le=0.5, allow_inf_nan=False)
 
     @field_validator("builtin")
@@ -72,10 +78,20 @@ class DatasetSpec(_Strict):
         if (self.builtin is None) == (self.file is None):
             raise _error("dataset_source", "dataset: give exactly one of 'builtin' or 'file'")
         if self.file is not None and self.format is None:
-            raise _error("dataset_format", "dataset.format: say how to read the file: npz, csv or parquet")
+            raise _error("dataset_format", "dataset.format: say how to read the file: "
+                                           f"{', '.join(get_args(DatasetFormat))}")
         table_only = [f for f in ("targets", "features", "split_column", "standardize") if getattr(self, f) is not None]
         if table_only and self.format != "csv" and self.format != "parquet":
             raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
+        image_only = [f for f in ("image_size", "channels") if getattr(self, f) is not None]
+        if image_only and self.format != "images":
+            raise _error("dataset_image_fields", f"dataset.{image_only[0]}: only for images files")
+        if self.format == "images":
+            if self.image_size is None:
+                raise _error("dataset_image_size", "dataset.image_size: give [height, width] (1..1024 each) "
+                                                   "to resize the images to")
+            if self.channels is None:
+                self.channels = 1  # written back: the stored spec says how the images were read
         return self
 
 

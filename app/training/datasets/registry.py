@@ -94,6 +94,7 @@ def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec],
 
 def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
                resolver: FileResolver | None) -> DatasetSplits:
+    from app.training.datasets.images import load_images_dataset
     from app.training.datasets.uploaded import load_npz_dataset, load_table_dataset
 
     if resolver is None:
@@ -102,6 +103,9 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
     try:
         if spec.format == "npz":
             return load_npz_dataset(path, tasks=tasks)
+        if spec.format == "images":
+            return load_images_dataset(path, tasks=tasks, image_size=tuple(spec.image_size),
+                                       channels=spec.channels)
         targets = {task.name: (spec.targets or {}).get(task.name, task.name) for task in tasks}
         return load_table_dataset(path, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
                                   split_column=spec.split_column, standardize=spec.standardize is not False)
