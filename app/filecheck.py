@@ -98,6 +98,30 @@ def _check_csv(path: Path) -> dict[str, Any]:
     return {"format": "csv", "columns": header, "rows": rows}
 
 
+def _is_image_zip(path: Path, filename: str) -> bool:
+    """A dataset zip is an images archive when it is named .zip or holds a .csv (an .npz holds only .npy)."""
+    if filename.endswith(".zip"):
+        return True
+    if filename.endswith(".npz"):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.lower().endswith(".csv") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False  # the .npz check says what is wrong with it
+
+
+def _check_image_zip(path: Path) -> dict[str, Any]:
+    """Names, sizes and the CSV's `file` column, never the pixels (the dry run decodes those)."""
+    from app.training.datasets.images import check_image_archive
+    from app.training.errors import TrainingError
+
+    try:
+        return check_image_archive(path)
+    except TrainingError as exc:
+        raise BadUpload(exc.message) from exc
+
+
 def _check_safetensors(path: Path) -> dict[str, Any]:
     with path.open("rb") as fh:
         head = fh.read(8)
@@ -178,10 +202,13 @@ def check_content(*, path: Path, purpose: str, filename: str) -> dict[str, Any]:
     lower = filename.lower()
     if purpose in ("dataset", "transfer_set", "teacher_outputs"):
         if head[:2] == b"PK":
+            if purpose == "dataset" and _is_image_zip(path, lower):
+                return _check_image_zip(path)
             return _check_npz(path, purpose=purpose)
         if purpose != "teacher_outputs" and lower.endswith(".csv"):
             return _check_csv(path)
-        raise BadUpload(f"a {purpose} must be an .npz archive" + (" or a .csv file" if purpose != "teacher_outputs" else ""))
+        kinds = {"dataset": ", a .csv file or a .zip of images", "transfer_set": " or a .csv file"}
+        raise BadUpload(f"a {purpose} must be an .npz archive" + kinds.get(purpose, ""))
     if purpose == "teacher_weights":
         return _check_safetensors(path)
     if purpose == "teacher_onnx":
