@@ -14,7 +14,7 @@ from app.training.errors import TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.models import build_model, count_params, output_size
 from app.training.spec import JobSpec
-from app.training.stage_data import label_mask, stratify_task
+from app.training.stage_data import check_input_ranks, label_mask, stratify_task
 from app.training.strategies import plan_stages, steps_per_epoch
 from app.training.teacher_targets import precomputed_rows, build_teacher
 from app.training.teachers import PrecomputedTeacher
@@ -59,6 +59,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
         data = _load(spec, resolver=resolver, cache_builtin=cache_builtin)
         data = with_validation(data, fraction=spec.dataset.validation_fraction,
                                seed=spec.training.seed, stratify_by=stratify_task(spec.tasks))
+        check_input_ranks(spec, data.input_shape)  # an uploaded file's shape is known only now
     assert data.x_val is not None
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
     transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0

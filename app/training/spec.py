@@ -16,11 +16,12 @@ from pydantic import Field, ValidationInfo, field_validator
 from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EXPORT_FORMATS,
                                   ExportFormat)
 from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
-from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec, EarlyStoppingSpec,
-                                        OnnxSourceSpec, OutputsSourceSpec, TaskKDOverride, TaskSpec,
-                                        TeacherSourceSpec, TeacherSpec, TorchScriptSourceSpec,
-                                        TrainingSpec, TrainSourceSpec, TransferSetSpec,
-                                        WeightingSpec, WeightsSourceSpec, _error, _Strict)
+from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec,
+                                        EarlyStoppingSpec, TaskKDOverride, TaskSpec, TrainingSpec,
+                                        TransferSetSpec, WeightingSpec, _error, _Strict)
+from app.training.spec_teachers import (OnnxSourceSpec, OutputsSourceSpec, TeacherSourceSpec,
+                                        TeacherSpec, TorchScriptSourceSpec, TrainSourceSpec,
+                                        WeightsSourceSpec)
 
 __all__ = ["ArchSpec", "DatasetSpec", "DistillationSpec", "EarlyStoppingSpec", "JobSpec",
            "OnnxSourceSpec", "OutputsSourceSpec", "TaskKDOverride", "TaskSpec", "TeacherSourceSpec",

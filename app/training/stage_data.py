@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.training.catalog import AUGMENT_INPUT_RANKS
 from app.training.datasets.registry import load_dataset
 from app.training.datasets.splits import DatasetSplits, with_validation
 from app.training.errors import TrainingError
@@ -54,7 +55,8 @@ def load_job_data(spec: DatasetSpec, *, tasks: list[TaskSpec], seed: int,
 
 
 def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...]) -> None:
-    """An uploaded dataset's shape is known only now: check every zoo architecture accepts it."""
+    """An uploaded dataset's shape is known only now: check every zoo architecture and the
+    augmentation accept it (before any teacher trains)."""
     archs = [("student", spec.student)] + [
         (f"teachers[{i}]", t.source.train.arch if t.source.train else t.source.weights.arch)
         for i, t in enumerate(spec.teachers) if t.source.train or t.source.weights]
@@ -63,6 +65,10 @@ def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...]) -> None:
         if problem:
             raise TrainingError(code="invalid_data", message=(
                 f"{where}: {problem}; the dataset's inputs have shape {list(input_shape)}"))
+    if spec.training.augment is not None and len(input_shape) not in AUGMENT_INPUT_RANKS:
+        raise TrainingError(code="invalid_data", message=(
+            f"training.augment: crops and flips need image inputs (H, W) or (C, H, W); the "
+            f"dataset's inputs have shape {list(input_shape)}"))
 
 
 def label_mask(spec: JobSpec, n_rows: int) -> torch.Tensor | None:
