@@ -114,6 +114,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             finished=state["finished"], history=state["history"], targets=targets, data=data,
             scales=scales, rows=rows, job_id=job_id, sha=sha, device=device.type,
             placements=run.placements, elapsed=run.elapsed())
+    # diagnostics = the teacher notes (reported when found, above) + what the test results show
     for diagnostic in results.results["diagnostics"][len(targets.notes):]:
         callbacks.on_note(message=diagnostic)
     return results

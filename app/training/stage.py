@@ -188,7 +188,10 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     forward = staged.model.forward_features  # the training step's forward; evaluation stays eager
     if plan.compiled:
         forward = torch.compile(forward)
-    early = training.early_stopping
+    # Cascaded stage 1 trains the trunk under untrained heads: its validation metrics are curves
+    # only, they choose no epoch and stop nothing.
+    early = training.early_stopping if plan.trains_heads else None
+    keep_best = training.selection == "best" and plan.trains_heads
     run.callbacks.on_stage_start(stage=plan.name, epochs=plan.epochs)
     checkpointing = 0.0  # last epoch's serialisation + wait for the write before it: stage time too
     for epoch in range(first_epoch, plan.epochs + 1):
@@ -202,7 +205,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
             metrics = task_metrics(predict(staged.model, data.x_val), data.y_val, plan.tasks,
                                    scales=data.scales)
             selection.update(selection_score(metrics, plan.tasks, data.scales), epoch=epoch,
-                             staged=staged, keep=training.selection == "best",
+                             staged=staged, keep=keep_best,
                              min_delta=early.min_delta if early else 0.0)
             last = last or (early is not None and selection.stale >= early.patience)
         epoch_seconds = time.perf_counter() - epoch_started

@@ -198,3 +198,16 @@ def test_regression_scores_count_in_units_of_the_targets_spread():
     scales = fit_target_scales(data.y_train, spec.tasks)
     score = selection_score({"body_mass": 400.0, "species": 0.9}, spec.tasks, scales)
     assert score == pytest.approx((0.9 - 400.0 / scales["body_mass"].std) / 2)
+
+
+def test_the_cascaded_trunk_stage_keeps_its_last_epoch_and_never_stops_early(tmp_path: Path):
+    """Its heads are untrained, so its validation metrics must not choose or stop anything."""
+    teachers = [{"name": "t", "tasks": ["digit", "parity", "large"],
+                 "source": {"train": {"arch": {"hidden": [16]}, "epochs": 1}}}]
+    spec = tiny_spec(teachers=teachers, distillation={"strategy": "cascaded", "trunk_epochs": 4},
+                     training={"epochs": 1, "selection": "best",
+                               "early_stopping": {"patience": 1, "min_delta": 1.0}},
+                     baseline=False, export=[])
+    results = train(spec, tmp_path).results
+    trunk = next(s for s in results["stages"] if s["name"] == "student:trunk")
+    assert (trunk["epochs"], trunk["stopped_early"]) == (4, False)
