@@ -90,6 +90,12 @@ class TeacherSourceSpec(_Strict):
         return next(name for name in TEACHER_SOURCES if getattr(self, name) is not None)
 
     @property
+    def outputs_are(self) -> str | None:
+        """Return what a file source's outputs are (logits or probabilities); None for zoo models."""
+        given = self.onnx or self.torchscript or self.outputs
+        return None if given is None else given.outputs_are
+
+    @property
     def exposes_features(self) -> bool:
         """Return whether this teacher provides trunk features for feature distillation."""
         if self.onnx is not None:

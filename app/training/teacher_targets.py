@@ -112,7 +112,7 @@ def teacher_targets(spec: JobSpec, *, data: DatasetSplits, transfer_x: torch.Ten
         status[spec_teacher.name] = ("precomputed" if isinstance(built, PrecomputedTeacher)
                                      else "hit" if hit else "miss")
         source = spec_teacher.source
-        if getattr(source.onnx or source.torchscript or source.outputs, "outputs_are", None) == "logits":
+        if source.outputs_are == "logits":  # a file teacher that says it gives logits
             warning = probability_warning(spec_teacher.name, outputs["train"],
                                           [spec.task(name) for name in spec_teacher.tasks],
                                           kind=source.kind)
