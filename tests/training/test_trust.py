@@ -114,3 +114,21 @@ def test_a_teacher_worse_than_the_baseline_is_diagnosed(tmp_path: Path):
                    for d in results["diagnostics"])
     report = (tmp_path / "job" / "artifacts" / "report.html").read_text()
     assert "KD cannot help task" in report
+
+
+def test_probabilities_passed_as_logits_are_a_diagnostic(tmp_path: Path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    arrays = {}
+    for split, rows in (("train", 1347), ("test", 450)):  # the built-in's own train/test rows
+        arrays[f"{split}.digit"] = torch.softmax(torch.randn(rows, 10, generator=g), -1).numpy()
+        arrays[f"{split}.parity"] = torch.softmax(torch.randn(rows, 2, generator=g), -1).numpy()
+        arrays[f"{split}.large"] = torch.randn(rows, 1, generator=g).numpy()  # real logits
+    np.savez(tmp_path / "outputs.npz", **arrays)
+    spec = tiny_spec(teachers=one_teacher({"outputs": {"file": str(tmp_path / "outputs.npz")}}),
+                     training=FAST, baseline=False, export=[])
+    diagnostics = train(spec, tmp_path / "job", cache_dir=tmp_path / "cache").results["diagnostics"]
+    warned = [d for d in diagnostics if "look like probabilities" in d]
+    assert len(warned) == 1 and "task 'digit'" in warned[0] and "task 'parity'" in warned[0]
+    assert "'large'" not in warned[0] and "source.outputs.outputs_are" in warned[0]
