@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(default=20, ge=1)  # queued + running
     max_storage_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=0)  # artifacts + uploads kept
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)  # one uploaded file
+    # Any other request body (a job spec is a few KiB); larger ones get 413 before they are read.
+    max_json_bytes: int = Field(default=1024**2, ge=1024)
     rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
     rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes
     cors_origins: list[str] = []  # CORS stays off unless origins are listed

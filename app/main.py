@@ -7,6 +7,7 @@ from fastapi import FastAPI
 
 from fastapi.middleware.cors import CORSMiddleware
 
+from app.api.body_limit import BodyLimit
 from app.api.routes import artifacts, catalog, files, health, jobs, keys, stream
 from app.config import get_settings
 from app.errors import install_error_handlers
@@ -34,6 +35,8 @@ def create_app() -> FastAPI:
     if origins:  # off unless configured
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range"])
+    # Outermost: an oversized or anonymous body is refused before anything reads it.
+    app.add_middleware(BodyLimit, max_bytes=get_settings().max_json_bytes)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
