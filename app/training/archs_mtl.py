@@ -32,9 +32,11 @@ def mix(gate_logits: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Ten
 class GatedExperts(nn.Module):
     """What MMoE and PLE share: towers under `heads`, the taps, and the forward of the zoo."""
 
-    def __init__(self, *, width: int, heads: nn.ModuleDict, dropout: float) -> None:
+    def __init__(self, *, width: int, heads: nn.ModuleDict, dropout: float,
+                 front: nn.Module | None) -> None:
         super().__init__()
-        self.flatten = nn.Flatten()  # (batch, *input_shape) -> (batch, in_features)
+        # (batch, *input_shape) -> (batch, in_features): flattened, or a table's embeddings
+        self.front = front if front is not None else nn.Flatten()
         self.heads = heads  # task -> tower: (batch, width) -> (batch, output_size)
         self.tower_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.trunk_features = width * len(heads)
@@ -45,7 +47,7 @@ class GatedExperts(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Return (logits per task, taps): "trunk" (batch, trunk_features), "task:<name>" (batch, width)."""
-        inputs = self.tower_inputs(self.flatten(x))
+        inputs = self.tower_inputs(self.front(x))
         logits = {task: head(self.tower_dropout(inputs[task])) for task, head in self.heads.items()}
         taps = {"trunk": torch.cat([inputs[task] for task in self.heads], dim=1)}
         taps.update({f"task:{task}": features for task, features in inputs.items()})
@@ -60,14 +62,14 @@ class MMoE(GatedExperts):
     """`experts` shared experts; per task a gate Linear(in_features, experts) on the input."""
 
     def __init__(self, *, in_features: int, experts: int, expert: Sequence[int], heads: nn.ModuleDict,
-                 dropout: float) -> None:
-        super().__init__(width=expert[-1], heads=heads, dropout=dropout)
+                 dropout: float, front: nn.Module | None = None) -> None:
+        super().__init__(width=expert[-1], heads=heads, dropout=dropout, front=front)
         self.experts = nn.ModuleList(expert_mlp(in_features, expert) for _ in range(experts))
         self.gates = nn.ModuleDict({task: nn.Linear(in_features, experts) for task in heads})
 
     def gate_weights(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Return task -> its gate's softmax over the experts, (batch, experts), for raw inputs x."""
-        flat = self.flatten(x)
+        flat = self.front(x)
         return {task: torch.softmax(gate(flat), dim=-1) for task, gate in self.gates.items()}
 
     def tower_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -119,8 +121,9 @@ class PLE(GatedExperts):
     """`levels` extraction levels; the first sees the input, each later one the previous level's outputs."""
 
     def __init__(self, *, in_features: int, levels: int, shared_experts: int, task_experts: int,
-                 expert: Sequence[int], heads: nn.ModuleDict, dropout: float) -> None:
-        super().__init__(width=expert[-1], heads=heads, dropout=dropout)
+                 expert: Sequence[int], heads: nn.ModuleDict, dropout: float,
+                 front: nn.Module | None = None) -> None:
+        super().__init__(width=expert[-1], heads=heads, dropout=dropout, front=front)
         self.levels = nn.ModuleList(
             ExtractionLevel(in_features=in_features if level == 0 else expert[-1], expert=expert,
                             tasks=list(heads), shared_experts=shared_experts,

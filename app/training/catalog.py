@@ -99,6 +99,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
 # Input ranks (without the batch axis) each architecture accepts; mlp, mmoe, ple flatten anything.
 ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3), "resnet": (2, 3),
                                                 "mobilenet": (2, 3)}
+# The architectures that flatten their input, and so may start with a table's embeddings
+# (dataset.encoding "embedding"); the others refuse category codes.
+EMBEDDING_ARCHS = ("mlp", "mmoe", "ple")
 
 # training.augment: what each field does to a student/baseline batch; the fields of AugmentSpec.
 AUGMENTATIONS: dict[str, str] = {
@@ -182,6 +185,12 @@ DATASET_FORMATS: dict[str, str] = {"npz": "x and y_<task> arrays", "csv": "a tab
                                    "parquet": "a table",
                                    "images": ("a zip of PNG/JPEG files and one CSV (`file` and label "
                                               "columns); needs image_size")}
+# How a table's categorical columns reach the model (dataset.encoding; docs/spec.md).
+ENCODINGS: dict[str, str] = {
+    "embedding": ("one column per categorical feature holding its integer code (0 unknown, 1..K "
+                  "the train categories, sorted); mlp, mmoe and ple learn an embedding per column"),
+    "onehot": "one 0/1 column per train category (an unseen category is all zeros)",
+}
 
 TaskKind = literal(TASK_KINDS)
 ArchType = literal(ARCHITECTURES)
@@ -196,6 +205,7 @@ DeviceName = literal(DEVICES)
 PlacementName = literal(DATA_PLACEMENTS)
 ExportFormat = literal(EXPORT_FORMATS)
 DatasetFormat = literal(DATASET_FORMATS)
+Encoding = literal(ENCODINGS)
 
 
 def catalog() -> dict[str, Any]:
@@ -217,4 +227,5 @@ def catalog() -> dict[str, Any]:
         "data_placements": DATA_PLACEMENTS,
         "export_formats": EXPORT_FORMATS,
         "dataset_formats": DATASET_FORMATS,
+        "encodings": ENCODINGS,
     })

@@ -59,7 +59,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
         data = _load(spec, resolver=resolver, cache_builtin=cache_builtin)
         data = with_validation(data, fraction=spec.dataset.validation_fraction,
                                seed=spec.training.seed, stratify_by=stratify_task(spec.tasks))
-        check_input_ranks(spec, data.input_shape)  # an uploaded file's shape is known only now
+        check_input_ranks(spec, data.input_shape, data.layout)  # a file's shape is known only now
     assert data.x_val is not None
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
     transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0
@@ -73,18 +73,21 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
             tasks = [spec.task(name) for name in teacher.tasks]
             with _blame(f"body.teachers[{index}].source"):
                 if teacher.source.train is not None:
-                    model = build_model(teacher.source.train.arch, input_shape=data.input_shape, tasks=tasks).eval()
+                    model = build_model(teacher.source.train.arch, input_shape=data.input_shape, tasks=tasks,
+                                        layout=data.layout if teacher.source.train.dataset is None
+                                        else None).eval()
                     _check_outputs(model(batch), tasks, where=f"teachers[{teacher.name}]")
                     teacher_params[teacher.name] = count_params(model)
                     continue
                 built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape,
                                       rows=precomputed_rows(data), resolver=resolver,
-                                      allow_torchscript=allow_torchscript)
+                                      allow_torchscript=allow_torchscript, layout=data.layout)
                 if not isinstance(built, PrecomputedTeacher):  # precomputed outputs are checked when loaded
                     _check_outputs(built.outputs(batch).logits, tasks, where=f"teachers[{teacher.name}]")
                 teacher_params[teacher.name] = getattr(built, "params", None)
         with _blame("body.student"):
-            student = build_model(spec.student, input_shape=data.input_shape, tasks=list(spec.tasks)).eval()
+            student = build_model(spec.student, input_shape=data.input_shape, tasks=list(spec.tasks),
+                                  layout=data.layout).eval()
             _check_outputs(student(batch), spec.tasks, where="student")
     student_params = count_params(student)
     known = [p for p in teacher_params.values() if p is not None]
@@ -101,6 +104,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
     out_width = sum(output_size(task) for task in spec.tasks)
     return {
         "dataset": {"input_shape": list(data.input_shape), "train_rows": rows["train"],
+                    "layout": None if data.layout is None else data.layout.as_json(),
                     "validation_rows": rows["validation"], "test_rows": rows["test"],
                     "labelled_rows": rows["labelled"], "notes": list(data.notes)},
         "params": {"student": student_params, "teachers": teacher_params, "teacher": sum(known) if known else None},

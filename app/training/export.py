@@ -2,10 +2,15 @@
 
 Files written to the artifacts directory:
     student.json          {"format_version": 1, "arch": ArchSpec, "tasks": [TaskSpec],
-                           "input_shape": [...], "onnx": {"input": "x", "outputs": [task names]}}
+                           "input_shape": [...], "onnx": {"input": "x", "outputs": [task names]},
+                           "layout": null or {"numeric", "cardinalities", "names"}}
     student.safetensors   the model's state_dict (load with load_student)
     student.onnx          input "x" (batch, *input_shape) float32, one output per task, named
                           after the task, (batch, num_classes or 1) logits; dynamic batch axis
+
+With a table layout (dataset.encoding "embedding"), x is still float32 (batch, d): the `numeric`
+standardised columns first, then one column per categorical feature holding its integer code as
+a float (0 unknown, 1..K); the model casts the codes to int64 itself (ONNX: Cast + Gather).
 """
 
 import copy
@@ -20,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from app.training.checkpoint import atomic_path
+from app.training.datasets.splits import TableLayout
 from app.training.models import build_model
 from app.training.spec import ArchSpec, TaskSpec
 
@@ -48,7 +54,8 @@ def answer_in_original_units(model: nn.Module, scales: dict[str, dict[str, float
 
 
 def write_student_config(*, arch: ArchSpec, tasks: Sequence[TaskSpec], input_shape: Sequence[int],
-                         directory: Path, target_scales: dict[str, Any] | None = None) -> Path:
+                         directory: Path, target_scales: dict[str, Any] | None = None,
+                         layout: TableLayout | None = None) -> Path:
     """Write student.json: everything load_student needs besides the weights."""
     config = {
         "format_version": FORMAT_VERSION,
@@ -58,6 +65,8 @@ def write_student_config(*, arch: ArchSpec, tasks: Sequence[TaskSpec], input_sha
         "onnx": {"input": ONNX_INPUT, "outputs": [task.name for task in tasks]},
         # regression tasks: outputs are z * std + mean (already applied by ONNX and load_student)
         "target_scales": {task: {"mean": s.mean, "std": s.std} for task, s in (target_scales or {}).items()},
+        # tables: x's first `numeric` columns are numbers, the rest category codes as floats
+        "layout": None if layout is None else layout.as_json(),
     }
     path = directory / CONFIG_NAME
     with atomic_path(path) as tmp:
@@ -116,6 +125,7 @@ def load_student(directory: Path | str) -> nn.Module:
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"unsupported student format version {config.get('format_version')!r}")
     model = build_model(ArchSpec.model_validate(config["arch"]), input_shape=config["input_shape"],
-                        tasks=[TaskSpec.model_validate(task) for task in config["tasks"]])
+                        tasks=[TaskSpec.model_validate(task) for task in config["tasks"]],
+                        layout=TableLayout.from_json(config.get("layout")))
     model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)))
     return answer_in_original_units(model, config.get("target_scales") or {}).eval()

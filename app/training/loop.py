@@ -59,7 +59,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     # 1. Data: train / validation / test, the label subset, the transfer rows, target scales.
     data = load_job_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
                          resolver=resolver, device=device)
-    check_input_ranks(spec, data.input_shape)
+    check_input_ranks(spec, data.input_shape, data.layout)
     for note in data.notes:
         callbacks.on_note(message=note)
     transfer_x = load_transfer_inputs(spec, input_shape=data.input_shape, resolver=resolver,

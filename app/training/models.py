@@ -15,6 +15,11 @@ Every model maps x (batch, *input_shape) to {task: (batch, output_size)} and exp
             inputs side by side, and "task:<name>" each one
 Heads are Linear+ReLU per `head` width, then Linear to the task's output size (for mmoe and ple,
 the task towers).
+
+With a table `layout` (the embedding encoding, datasets/splits.TableLayout), mlp, mmoe and ple
+start with a TabularEmbedding (tabular.py) instead of the flatten: their first layer takes the
+numeric columns and one embedding per categorical column side by side. The convolutional
+architectures refuse a layout.
 """
 
 import math
@@ -25,8 +30,10 @@ from torch import nn
 
 from app.training.archs_mtl import MMoE, PLE
 from app.training.archs_vision import ResidualBlock, residual_body
-from app.training.catalog import ARCH_INPUT_RANKS
+from app.training.catalog import ARCH_INPUT_RANKS, EMBEDDING_ARCHS
+from app.training.datasets.splits import TableLayout
 from app.training.spec import ArchSpec, TaskSpec
+from app.training.tabular import TabularEmbedding
 
 
 def output_size(task: TaskSpec) -> int:
@@ -75,8 +82,9 @@ class MultiTaskMLP(MultiTaskNet):
     """MLP with a shared trunk of Linear+ReLU(+Dropout) and a Linear+ReLU stack per task head."""
 
     def __init__(self, *, in_features: int, trunk: Sequence[int], head: Sequence[int],
-                 dropout: float, outputs: dict[str, int]) -> None:
-        layers: list[nn.Module] = [nn.Flatten()]  # (batch, *input_shape) -> (batch, in_features)
+                 dropout: float, outputs: dict[str, int], front: nn.Module | None = None) -> None:
+        # (batch, *input_shape) -> (batch, in_features): flattened, or a table's embeddings
+        layers: list[nn.Module] = [front if front is not None else nn.Flatten()]
         width = _dense_layers(layers, in_features, trunk, dropout)
         super().__init__(trunk=nn.Sequential(*layers), trunk_features=width, head=head, outputs=outputs)
 
@@ -146,11 +154,24 @@ def _check_rank(arch: ArchSpec, input_shape: Sequence[int]) -> None:
                          f"(without the batch axis), got shape {list(input_shape)}")
 
 
-def build_mlp(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
-    """Build a MultiTaskMLP; inputs of any shape are flattened."""
+def _front(input_shape: Sequence[int], layout: TableLayout | None) -> tuple[nn.Module | None, int]:
+    """Return (the input front-end, its output width): None (flatten) without a layout."""
+    if layout is None:
+        return None, math.prod(input_shape)
+    if list(input_shape) != [layout.width]:
+        raise ValueError(f"the table layout ({layout.numeric} numeric + {len(layout.cardinalities)} "
+                         f"categorical columns) does not fit inputs of shape {list(input_shape)}")
+    front = TabularEmbedding(layout)
+    return front, front.out_features
+
+
+def build_mlp(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int],
+              layout: TableLayout | None = None) -> nn.Module:
+    """Build a MultiTaskMLP; inputs of any shape are flattened (or embedded, with a layout)."""
     assert arch.trunk is not None  # filled in by ArchSpec
-    return MultiTaskMLP(in_features=math.prod(input_shape), trunk=arch.trunk, head=arch.head,
-                        dropout=arch.dropout, outputs=outputs)
+    front, width = _front(input_shape, layout)
+    return MultiTaskMLP(in_features=width, trunk=arch.trunk, head=arch.head,
+                        dropout=arch.dropout, outputs=outputs, front=front)
 
 
 def build_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
@@ -174,21 +195,25 @@ def build_residual_cnn(arch: ArchSpec, *, input_shape: Sequence[int], outputs: d
                         outputs=outputs)
 
 
-def build_mmoe(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
-    """Build an MMoE whose towers follow the head convention; inputs of any shape are flattened."""
+def build_mmoe(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int],
+               layout: TableLayout | None = None) -> nn.Module:
+    """Build an MMoE whose towers follow the head convention; inputs flattened (or embedded)."""
     assert arch.experts is not None and arch.expert is not None  # filled in by ArchSpec
-    return MMoE(in_features=math.prod(input_shape), experts=arch.experts, expert=arch.expert,
-                heads=_heads(arch.expert[-1], arch.head, outputs), dropout=arch.dropout)
+    front, width = _front(input_shape, layout)
+    return MMoE(in_features=width, experts=arch.experts, expert=arch.expert,
+                heads=_heads(arch.expert[-1], arch.head, outputs), dropout=arch.dropout, front=front)
 
 
-def build_ple(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int]) -> nn.Module:
-    """Build a PLE whose towers follow the head convention; inputs of any shape are flattened."""
+def build_ple(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, int],
+              layout: TableLayout | None = None) -> nn.Module:
+    """Build a PLE whose towers follow the head convention; inputs flattened (or embedded)."""
     assert arch.levels is not None and arch.expert is not None  # filled in by ArchSpec
     assert arch.shared_experts is not None and arch.task_experts is not None
-    return PLE(in_features=math.prod(input_shape), levels=arch.levels,
+    front, width = _front(input_shape, layout)
+    return PLE(in_features=width, levels=arch.levels,
                shared_experts=arch.shared_experts, task_experts=arch.task_experts,
                expert=arch.expert, heads=_heads(arch.expert[-1], arch.head, outputs),
-               dropout=arch.dropout)
+               dropout=arch.dropout, front=front)
 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
@@ -196,10 +221,20 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mobilenet": build_residual_cnn, "mmoe": build_mmoe, "ple": build_ple}
 
 
-def build_model(arch: ArchSpec, *, input_shape: Sequence[int], tasks: Sequence[TaskSpec]) -> nn.Module:
-    """Build a zoo model with one head per task; forward(x) -> {task: logits}."""
+def build_model(arch: ArchSpec, *, input_shape: Sequence[int], tasks: Sequence[TaskSpec],
+                layout: TableLayout | None = None) -> nn.Module:
+    """Build a zoo model with one head per task; forward(x) -> {task: logits}.
+
+    `layout`: the inputs are a table's numbers and category codes (the embedding encoding);
+    only the architectures in EMBEDDING_ARCHS take one.
+    """
     outputs = {task.name: output_size(task) for task in tasks}
-    return ARCHITECTURES[arch.type](arch, input_shape=input_shape, outputs=outputs)
+    if layout is None:
+        return ARCHITECTURES[arch.type](arch, input_shape=input_shape, outputs=outputs)
+    if arch.type not in EMBEDDING_ARCHS:
+        raise ValueError(f"{arch.type} cannot read a table's category codes; use one of "
+                         f"{', '.join(EMBEDDING_ARCHS)}, or dataset.encoding 'onehot'")
+    return ARCHITECTURES[arch.type](arch, input_shape=input_shape, outputs=outputs, layout=layout)
 
 
 def count_params(model: nn.Module) -> int:

@@ -78,8 +78,8 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
     metrics.csv, results.json and the report; return the Result."""
     out.mkdir(exist_ok=True)
     student = models["student"]
-    artifacts = [write_student_config(arch=spec.student, tasks=spec.tasks,
-                                      input_shape=data.input_shape, directory=out, target_scales=scales)]
+    artifacts = [write_student_config(arch=spec.student, tasks=spec.tasks, input_shape=data.input_shape,
+                                      directory=out, target_scales=scales, layout=data.layout)]
     if "safetensors" in spec.export:
         artifacts.append(write_safetensors(student, directory=out))
     if "onnx" in spec.export:

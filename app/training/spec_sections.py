@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from app.training.catalog import (ARCHITECTURES, KINDS_WITH_CLASSES, PRESET_TERMS, ArchType,
-                                  DatasetFormat, DeviceName, PlacementName, ScheduleName,
+                                  DatasetFormat, DeviceName, Encoding, PlacementName, ScheduleName,
                                   SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
 from app.training.datasets.catalog import BUILTIN_DATASETS
 
@@ -61,6 +61,11 @@ class DatasetSpec(_Strict):
     # Tables: numeric features are standardised with train statistics unless this is false (set it
     # false when an uploaded teacher expects the raw feature values).
     standardize: bool | None = Field(default=None, exclude_if=_unset)
+    # Tables: categorical columns as codes for embedding tables (default) or one-hot blocks.
+    encoding: Encoding | None = Field(default=None, exclude_if=_unset)
+    # Tables, embedding encoding: a categorical column with more train categories than this is
+    # hashed into this many buckets (zlib.crc32 of the text, mod hash_buckets, + 1).
+    hash_buckets: int | None = Field(default=None, ge=2, le=1_000_000, exclude_if=_unset)
     # Images: every image is resized (bilinear) to [height, width] and read as grayscale (1) or RGB (3).
     image_size: list[Annotated[int, Field(ge=1, le=1024)]] | None = Field(
         default=None, min_length=2, max_length=2, exclude_if=_unset)
@@ -79,9 +84,15 @@ class DatasetSpec(_Strict):
         if self.file is not None and self.format is None:
             raise _error("dataset_format", "dataset.format: say how to read the file: "
                                            f"{', '.join(get_args(DatasetFormat))}")
-        table_only = [f for f in ("targets", "features", "split_column", "standardize") if getattr(self, f) is not None]
+        table_only = [f for f in ("targets", "features", "split_column", "standardize", "encoding",
+                                  "hash_buckets") if getattr(self, f) is not None]
         if table_only and self.format != "csv" and self.format != "parquet":
             raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
+        if self.format in ("csv", "parquet"):
+            if self.encoding is None:
+                self.encoding = "embedding"  # written back: the stored spec says how columns were read
+            if self.hash_buckets is not None and self.encoding != "embedding":
+                raise _error("dataset_hash_buckets", "dataset.hash_buckets: only with encoding 'embedding'")
         image_only = [f for f in ("image_size", "channels") if getattr(self, f) is not None]
         if image_only and self.format != "images":
             raise _error("dataset_image_fields", f"dataset.{image_only[0]}: only for images files")

@@ -128,7 +128,8 @@ def train_stage(run: Run, plan: StagePlan, data: StageData, *,
                 init: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Return the stage's trained model (from the checkpoint when the stage already finished)."""
     torch.manual_seed(plan.seed)
-    model = build_model(plan.arch, input_shape=tuple(data.x.shape[1:]), tasks=plan.tasks)
+    model = build_model(plan.arch, input_shape=tuple(data.x.shape[1:]), tasks=plan.tasks,
+                        layout=data.layout)
     adaptors = nn.ModuleDict()
     if plan.features and data.soft is not None:
         width = model.trunk_features  # zoo models expose their trunk tap's width

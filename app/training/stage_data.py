@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from app.training.catalog import AUGMENT_INPUT_RANKS
+from app.training.catalog import AUGMENT_INPUT_RANKS, EMBEDDING_ARCHS
 from app.training.datasets.registry import load_dataset
-from app.training.datasets.splits import DatasetSplits, with_validation
+from app.training.datasets.splits import DatasetSplits, TableLayout, with_validation
 from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.spec import DatasetSpec, JobSpec, TaskSpec, input_rank_problem
@@ -33,6 +33,7 @@ class StageData:
     x_val: torch.Tensor  # (n_val, *input_shape)
     y_val: Tensors  # original units
     scales: dict[str, TargetScale]
+    layout: TableLayout | None = None  # a table's numbers and category codes (models embed them)
 
 
 def stratify_task(tasks: list[TaskSpec] | tuple[TaskSpec, ...]) -> str | None:
@@ -54,14 +55,20 @@ def load_job_data(spec: DatasetSpec, *, tasks: list[TaskSpec], seed: int,
                                y_val={task: y.to(device) for task, y in data.y_val.items()})
 
 
-def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...]) -> None:
+def check_input_ranks(spec: JobSpec, input_shape: tuple[int, ...],
+                      layout: TableLayout | None = None) -> None:
     """An uploaded dataset's shape is known only now: check every zoo architecture and the
-    augmentation accept it (before any teacher trains)."""
+    augmentation accept it, and that category codes (`layout`) reach only architectures that
+    embed them (before any teacher trains)."""
     archs = [("student", spec.student)] + [
         (f"teachers[{i}]", t.source.train.arch if t.source.train else t.source.weights.arch)
         for i, t in enumerate(spec.teachers) if t.source.train or t.source.weights]
     for where, arch in archs:
         problem = input_rank_problem(arch, input_shape)
+        if layout is not None and arch.type not in EMBEDDING_ARCHS:
+            raise TrainingError(code="invalid_data", message=(
+                f"{where}: {arch.type} cannot read a table's category codes (dataset.encoding "
+                f"'embedding'); use {', '.join(EMBEDDING_ARCHS)}, or set dataset.encoding to 'onehot'"))
         if problem:
             raise TrainingError(code="invalid_data", message=(
                 f"{where}: {problem}; the dataset's inputs have shape {list(input_shape)}"))
@@ -103,7 +110,8 @@ def teacher_data(*, tasks: tuple[TaskSpec, ...], source_dataset: str | None, dat
     assert data.x_val is not None and data.y_val is not None
     return StageData(x=x, targets=standardise_targets({name: y[name] for name in names}, scales),
                      labelled=None, soft=None, x_val=data.x_val,
-                     y_val={name: data.y_val[name] for name in names}, scales=scales)
+                     y_val={name: data.y_val[name] for name in names}, scales=scales,
+                     layout=data.layout)
 
 
 def baseline_data(data: DatasetSplits, *, labelled: torch.Tensor | None,
@@ -113,7 +121,7 @@ def baseline_data(data: DatasetSplits, *, labelled: torch.Tensor | None,
     x, y = labelled_rows(data, labelled)
     assert data.x_val is not None and data.y_val is not None
     return StageData(x=x, targets=standardise_targets(y, scales), labelled=None, soft=None,
-                     x_val=data.x_val, y_val=data.y_val, scales=scales)
+                     x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout)
 
 
 def student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
@@ -129,7 +137,7 @@ def student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
     train_soft = soft["train"]
     if transfer_x is None:
         return StageData(x=data.x_train, targets=targets, labelled=labelled, soft=train_soft,
-                         x_val=data.x_val, y_val=data.y_val, scales=scales)
+                         x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout)
     n_train, n_extra = len(data.x_train), len(transfer_x)
     mask = labelled if labelled is not None else torch.ones(n_train, dtype=torch.bool)
     extra = soft["transfer"]
@@ -141,4 +149,4 @@ def student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
         soft=SoftTargets(logits={t: torch.cat([z, extra.logits[t]]) for t, z in train_soft.logits.items()},
                          features={n: torch.cat([f, extra.features[n]])
                                    for n, f in train_soft.features.items()} if features else {}),
-        x_val=data.x_val, y_val=data.y_val, scales=scales)
+        x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout)

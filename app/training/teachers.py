@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from app.training.cache import tensor_sha256
+from app.training.datasets.splits import TableLayout
 from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.models import build_model, count_params, output_size
+from app.training.tabular import model_layout
 from app.training.spec import (ArchSpec, OnnxSourceSpec, OutputsSourceSpec, TaskSpec, TorchScriptSourceSpec,
                                WeightsSourceSpec)
 from app.training.teacher_outputs import TeacherOutputs, as_logits
@@ -58,9 +60,15 @@ class ModelTeacher:
     def __init__(self, model: nn.Module, *, arch: ArchSpec, tasks: Sequence[TaskSpec]) -> None:
         self.model = model.eval()
         self.params: int | None = count_params(model)
+        # A table layout shapes the model (which columns it embeds): it is part of what names the
+        # outputs. It is read off the model: a source-domain teacher embeds its own dataset's.
+        settings: dict[str, Any] = {"arch": arch.model_dump(mode="json")}
+        layout = model_layout(model)
+        if layout is not None:
+            settings["layout"] = layout.as_json()
         self.identity = teacher_identity(
             kind="zoo", content_sha256=tensor_sha256(*model.state_dict().values()),
-            settings={"arch": arch.model_dump(mode="json")}, tasks=tasks)
+            settings=settings, tasks=tasks)
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor) -> TeacherOutputs:
@@ -76,13 +84,14 @@ class ModelTeacher:
 
 def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec],
                          input_shape: Sequence[int], resolver: FileResolver,
-                         name: str) -> ModelTeacher:
-    """Build the zoo architecture and load its safetensors weights (never pickle)."""
+                         name: str, layout: TableLayout | None = None) -> ModelTeacher:
+    """Build the zoo architecture (embedding a table's codes with `layout`) and load its
+    safetensors weights (never pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = resolver.resolve(source.file)
-    model = build_model(source.arch, input_shape=input_shape, tasks=tasks)
+    model = build_model(source.arch, input_shape=input_shape, tasks=tasks, layout=layout)
     try:
         model.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError, OSError) as error:

@@ -88,7 +88,7 @@ def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec],
         x_train=splits.x_train, x_test=splits.x_test,
         y_train={name: splits.y_train[name] for name in names},
         y_test={name: splits.y_test[name] for name in names},
-        notes=splits.notes,
+        notes=splits.notes, layout=splits.layout,
     )
 
 
@@ -108,7 +108,8 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
                                        channels=spec.channels)
         targets = {task.name: (spec.targets or {}).get(task.name, task.name) for task in tasks}
         return load_table_dataset(path, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
-                                  split_column=spec.split_column, standardize=spec.standardize is not False)
+                                  split_column=spec.split_column, standardize=spec.standardize is not False,
+                                  encoding=spec.encoding or "embedding", hash_buckets=spec.hash_buckets)
     except TrainingError:
         raise
     except Exception as exc:  # pandas/numpy parse errors: say what the file is, not where it broke

@@ -8,6 +8,39 @@ Tensors = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class TableLayout:
+    """How a table's columns sit in x (n, numeric + len(cardinalities)) under the embedding encoding.
+
+    The first `numeric` columns are numbers; then one column per categorical feature holds its
+    integer code as a float (exact below 2**24): 0 the unknown bucket, 1..K the train categories
+    (or hash buckets). `cardinalities` are the table sizes per categorical column, unknown included.
+    """
+
+    numeric: int
+    cardinalities: tuple[int, ...]
+    names: tuple[str, ...] = ()  # the categorical columns' names, in x's order (may be empty)
+
+    @property
+    def width(self) -> int:
+        """Return the number of columns of x."""
+        return self.numeric + len(self.cardinalities)
+
+    def as_json(self) -> dict[str, object]:
+        """Return the layout as plain JSON (student.json)."""
+        return {"numeric": self.numeric, "cardinalities": list(self.cardinalities),
+                "names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, value: dict[str, object] | None) -> "TableLayout | None":
+        """Rebuild a layout written by `as_json` (None stays None)."""
+        if value is None:
+            return None
+        return cls(numeric=int(value["numeric"]),  # type: ignore[call-overload]
+                   cardinalities=tuple(int(k) for k in value["cardinalities"]),  # type: ignore[attr-defined]
+                   names=tuple(str(n) for n in value.get("names", ())))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
 class DatasetSplits:
     """Train, validation and test tensors of one dataset, with notes on how its rows were cleaned.
 
@@ -28,6 +61,9 @@ class DatasetSplits:
     # (n_train + n_val,) bool over the rows train had before the carve, True for validation: rows
     # aligned with the original train split (precomputed teacher outputs) are split by it.
     carved: torch.Tensor | None = None
+    # Tables under the embedding encoding: where the numbers and the category codes sit in x.
+    # None: every column is a number (one-hot tables, images, arrays).
+    layout: TableLayout | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -8,21 +8,27 @@ Rules (documented in docs/datasets.md, "Your own data"):
   the train rows only.
 - Tables: numeric feature columns are standardised with train mean/std (unless `standardize` is
   false: then they pass as they are, for teachers trained on raw values); other feature columns are
-  categorical and one-hot encoded with the categories seen in train (sorted; an unseen category is
-  all zeros). Labels: multiclass/binary from integers 0..K-1 as they are, otherwise the sorted
-  distinct values map to 0..K-1 (binary: the second value is 1); multilabel from a list of 0/1
+  categorical. Encoding "embedding" (the default): x holds the numeric columns first, then one
+  column per categorical feature with its integer code as a float: 1..K for the categories seen
+  in train (sorted), 0 for any other (the unknown bucket); a column with more than `hash_buckets`
+  train categories codes each as zlib.crc32(text) % hash_buckets + 1 instead. The layout
+  (splits.TableLayout) says which columns are which; a table without categorical columns has
+  none (its x is the same under both encodings). Encoding "onehot": one 0/1 column per train
+  category in feature order (sorted; an unseen category is all zeros).
+  Labels: multiclass/binary from integers 0..K-1 as they are, otherwise the sorted distinct values map to 0..K-1 (binary: the second value is 1); multilabel from a list of 0/1
   columns; regression as floats.
 - Missing values: a row with a missing target is dropped; a missing numeric feature gets the train
   median; a missing categorical feature is its own category "<missing>". Each is counted in `notes`.
 """
 
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from app.training.datasets.splits import DatasetSplits
+from app.training.datasets.splits import DatasetSplits, TableLayout
 from app.training.errors import TrainingError
 from app.training.spec import TaskSpec
 
@@ -93,7 +99,24 @@ def _try_float(raw: np.ndarray) -> np.ndarray | None:
         return None
 
 
-def _finish(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, notes: list[str]) -> DatasetSplits:
+def category_codes(text: np.ndarray, train_categories: list[str], *,
+                   hash_buckets: int | None) -> tuple[np.ndarray, int]:
+    """Return (codes (n,) float64, cardinality incl. the unknown bucket) of one categorical column.
+
+    Train categories get 1..K in sorted order, anything else 0; with more than `hash_buckets`
+    train categories, a train category gets zlib.crc32(utf-8 text) % hash_buckets + 1.
+    """
+    if hash_buckets is not None and len(train_categories) > hash_buckets:
+        lookup = {c: zlib.crc32(c.encode()) % hash_buckets + 1 for c in train_categories}
+        cardinality = hash_buckets + 1
+    else:
+        lookup = {c: i + 1 for i, c in enumerate(train_categories)}
+        cardinality = len(train_categories) + 1
+    return np.array([lookup.get(value, 0) for value in text], dtype=np.float64), cardinality
+
+
+def _finish(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, notes: list[str],
+            layout: TableLayout | None = None) -> DatasetSplits:
     if not np.isfinite(x).all():
         raise _invalid("the inputs have NaN or inf values")
 
@@ -106,7 +129,7 @@ def _finish(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, no
     has_val = bool((roles == VALIDATION).any())
     return DatasetSplits(x_train=x_train, x_test=x_test, y_train=y_train, y_test=y_test,
                          notes=tuple(notes), x_val=x_val if has_val else None,
-                         y_val=y_val if has_val else None)
+                         y_val=y_val if has_val else None, layout=layout)
 
 
 def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
@@ -130,8 +153,10 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
 
 def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
                        features: list[str] | None, split_column: str | None,
-                       standardize: bool = True) -> DatasetSplits:
-    """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns)."""
+                       standardize: bool = True, encoding: str = "onehot",
+                       hash_buckets: int | None = None) -> DatasetSplits:
+    """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns);
+    `encoding` "embedding" or "onehot" says how categorical columns are read (module rules)."""
     import pandas as pd
 
     frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
@@ -154,7 +179,7 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
     strat = next((encoded[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
     roles = _split_roles(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
     is_train = roles == TRAIN
-    columns = []
+    columns, codes, cardinalities, categorical = [], [], [], []
     for name in features:
         col = frame[name]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
@@ -170,5 +195,14 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
         else:
             text = col.astype("string").fillna("<missing>").to_numpy()
             categories = sorted(set(text[is_train]))
-            columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
-    return _finish(np.concatenate(columns, axis=1), encoded, roles, notes)
+            if encoding == "embedding":
+                column_codes, cardinality = category_codes(text, categories, hash_buckets=hash_buckets)
+                codes.append(column_codes[:, None])
+                cardinalities.append(cardinality)
+                categorical.append(str(name))
+            else:
+                columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
+    if not codes:  # no categorical column: plain numbers, whatever the encoding
+        return _finish(np.concatenate(columns, axis=1), encoded, roles, notes)
+    layout = TableLayout(numeric=len(columns), cardinalities=tuple(cardinalities), names=tuple(categorical))
+    return _finish(np.concatenate(columns + codes, axis=1), encoded, roles, notes, layout=layout)

@@ -1,0 +1,215 @@
+"""Tables with categorical columns under the embedding encoding: codes, layout, models, export, jobs."""
+
+import json
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from app.training.datasets.catalog import BUILTIN_DATASETS
+from app.training.datasets.splits import DatasetSplits, TableLayout, with_validation
+from app.training.datasets.uploaded import load_table_dataset
+from app.training.errors import TrainingError
+from app.training.export import load_student, write_onnx, write_safetensors, write_student_config
+from app.training.loop import train
+from app.training.models import build_model
+from app.training.spec import ArchSpec, JobSpec, TaskSpec
+from app.training.tabular import TabularEmbedding, embedding_dim
+
+COLOUR = TaskSpec(name="colour", kind="multiclass", num_classes=3)
+BIG = TaskSpec(name="big", kind="binary")
+TASKS = [COLOUR, BIG]
+
+
+def _frame(n: int = 90) -> pd.DataFrame:
+    """Rows 0..n-1; the 'city' of test rows (split 'test') includes one never seen in train."""
+    rng = np.random.default_rng(0)
+    split = np.where(np.arange(n) % 5 == 0, "test", "train")
+    city = rng.choice(["Oslo", "Bergen", "Tromso"], n).astype(object)
+    first_test = int(np.flatnonzero(split == "test")[0])
+    city[first_test] = "Unseen"
+    shop = np.array([f"s{i % 7}" for i in range(n)], dtype=object)
+    size = rng.normal(10, 2, n)
+    colour = np.array(["red", "green", "blue"])[(np.arange(n) + (city == "Oslo")) % 3]
+    return pd.DataFrame({"size": size, "city": city, "shop": shop, "weight": rng.normal(0, 1, n),
+                         "colour": colour, "big": (size > 10).astype(int), "split": split})
+
+
+def _load(path: Path, **kwargs: object) -> DatasetSplits:
+    return load_table_dataset(path, fmt="csv", tasks=TASKS, targets={"colour": "colour", "big": "big"},
+                              features=None, split_column="split", **kwargs)
+
+
+@pytest.fixture()
+def table(tmp_path: Path) -> Path:
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+    return path
+
+
+def test_embedding_encoding_puts_numbers_first_then_train_codes_with_an_unknown_bucket(table: Path):
+    data = _load(table, encoding="embedding")
+    frame = _frame()
+    assert data.layout == TableLayout(numeric=2, cardinalities=(4, 8), names=("city", "shop"))
+    assert data.input_shape == (4,)
+    train, test = frame[frame.split == "train"], frame[frame.split == "test"]
+    cities = sorted(set(train.city))  # Bergen, Oslo, Tromso -> 1, 2, 3
+    want = torch.tensor([cities.index(c) + 1 if c in cities else 0 for c in test.city], dtype=torch.float32)
+    assert torch.equal(data.x_test[:, 2], want)
+    assert data.x_test[0, 2] == 0  # 'Unseen' is in the unknown bucket
+    assert torch.equal(data.x_train[:, 3], torch.tensor([int(s[1:]) + 1 for s in train.shop], dtype=torch.float32))
+    size = train["size"].to_numpy()  # numeric columns standardised with train statistics
+    assert torch.allclose(data.x_train[:, 0], torch.tensor((size - size.mean()) / size.std(), dtype=torch.float32))
+    carved = with_validation(data, fraction=0.2, seed=0, stratify_by="colour")
+    assert carved.layout == data.layout  # carried through the validation carve
+
+
+def test_hash_buckets_hash_columns_with_more_train_categories(table: Path):
+    data = _load(table, encoding="embedding", hash_buckets=5)
+    assert data.layout.cardinalities == (4, 6)  # city (3 categories) kept, shop (7) hashed into 5
+    train = _frame().query("split == 'train'")
+    want = [zlib.crc32(s.encode()) % 5 + 1 for s in train.shop]
+    assert data.x_train[:, 3].tolist() == want
+
+
+def test_onehot_encoding_is_unchanged(table: Path):
+    onehot = _load(table, encoding="onehot")
+    default = _load(table)  # the loader's own default stays one-hot for direct callers
+    assert onehot.layout is None
+    assert torch.equal(onehot.x_train, default.x_train) and torch.equal(onehot.x_test, default.x_test)
+    # size, 3 city blocks, 7 shop blocks, weight: features in file order as before
+    assert onehot.input_shape == (1 + 3 + 7 + 1,)
+    assert onehot.x_test[0, 1:4].sum() == 0  # an unseen category is all zeros
+
+
+def test_spec_defaults_tables_to_embedding_and_refuses_hash_buckets_with_onehot():
+    base = {"file": "t.csv", "format": "csv"}
+    spec = _spec_dict(base)
+    assert JobSpec.model_validate(spec).dataset.encoding == "embedding"
+    assert JobSpec.model_validate(spec).model_dump(mode="json")["dataset"]["encoding"] == "embedding"
+    with pytest.raises(ValueError, match="hash_buckets: only with encoding 'embedding'"):
+        JobSpec.model_validate(_spec_dict({**base, "encoding": "onehot", "hash_buckets": 4}))
+    with pytest.raises(ValueError, match="only for csv or parquet"):
+        JobSpec.model_validate(_spec_dict({"file": "d.npz", "format": "npz", "encoding": "onehot"}))
+    assert "encoding" not in JobSpec.model_validate(_spec_dict({"builtin": "digits-mt"},
+                                                              tasks="digits")).model_dump(mode="json")["dataset"]
+
+
+def test_embedding_widths_follow_the_rule():
+    assert [embedding_dim(k) for k in (2, 4, 10, 100, 10_000)] == [2, 3, 6, 21, 32]
+    front = TabularEmbedding(TableLayout(numeric=2, cardinalities=(4, 10)))
+    assert [t.embedding_dim for t in front.tables] == [3, 6]
+    assert [t.num_embeddings for t in front.tables] == [4, 10]
+    assert front.out_features == 2 + 3 + 6
+
+
+def test_front_end_output_is_numbers_then_each_columns_embedding():
+    torch.manual_seed(0)
+    front = TabularEmbedding(TableLayout(numeric=2, cardinalities=(4, 10)))
+    x = torch.tensor([[0.5, -1.0, 3.0, 9.0], [2.0, 0.0, 0.0, 1.0]])
+    out = front(x)
+    for row in range(2):
+        want = torch.cat([x[row, :2], front.tables[0].weight[int(x[row, 2])], front.tables[1].weight[int(x[row, 3])]])
+        assert torch.equal(out[row], want)
+
+
+def test_convolutional_archs_refuse_a_layout():
+    with pytest.raises(ValueError, match="cnn1d cannot read a table's category codes"):
+        build_model(ArchSpec(type="cnn1d"), input_shape=[4], tasks=TASKS,
+                    layout=TableLayout(numeric=2, cardinalities=(4, 8)))
+
+
+@pytest.mark.parametrize("arch", [{"type": "mlp", "trunk": [16], "head": [8]},
+                                  {"type": "mmoe", "experts": 3, "expert": [8]},
+                                  {"type": "ple", "levels": 2, "expert": [8]}])
+def test_embedding_students_export_to_onnx_and_reload(tmp_path: Path, arch: dict):
+    layout = TableLayout(numeric=2, cardinalities=(4, 8), names=("city", "shop"))
+    spec = ArchSpec.model_validate(arch)
+    torch.manual_seed(0)
+    model = build_model(spec, input_shape=[4], tasks=TASKS, layout=layout).eval()
+    write_student_config(arch=spec, tasks=TASKS, input_shape=[4], directory=tmp_path, layout=layout)
+    write_safetensors(model, directory=tmp_path)
+    write_onnx(model, task_names=["colour", "big"], input_shape=[4], directory=tmp_path)
+    assert json.loads((tmp_path / "student.json").read_text())["layout"] == {
+        "numeric": 2, "cardinalities": [4, 8], "names": ["city", "shop"]}
+    x = torch.cat([torch.randn(20, 2), torch.randint(0, 4, (20, 1)), torch.randint(0, 8, (20, 1))], 1).float()
+    reloaded = load_student(tmp_path)
+    with torch.no_grad():
+        want, again = model(x), reloaded(x)
+    session = ort.InferenceSession(str(tmp_path / "student.onnx"))
+    got = session.run(None, {"x": x.numpy()})
+    for name, values in zip(["colour", "big"], got, strict=True):
+        assert np.abs(values - want[name].numpy()).max() <= 1e-4
+        assert torch.equal(again[name], want[name])
+
+
+def _spec_dict(dataset: dict, tasks: str = "table", student: dict | None = None,
+               teacher: dict | None = None) -> dict:
+    task_list = ([{"name": "colour", "kind": "multiclass", "num_classes": 3}, {"name": "big", "kind": "binary"}]
+                 if tasks == "table" else
+                 [{"name": "digit", "kind": "multiclass", "num_classes": 10}])
+    names = [t["name"] for t in task_list]
+    return {"name": "emb", "dataset": dataset, "tasks": task_list,
+            "teachers": [{"name": "t", "tasks": names, "source": {"train": {
+                "arch": teacher or {"type": "mlp", "trunk": [16]}, "epochs": 2}}}],
+            "student": student or {"type": "mmoe", "experts": 2, "expert": [8]},
+            "training": {"epochs": 2, "batch_size": 16}, "export": ["safetensors", "onnx"]}
+
+
+@pytest.mark.parametrize("student", [{"type": "mmoe", "experts": 2, "expert": [8]},
+                                     {"type": "mlp", "trunk": [8], "head": [4]}])
+def test_a_job_on_a_table_with_categorical_columns_trains_and_exports(tmp_path: Path, table: Path,
+                                                                       student: dict):
+    spec = JobSpec.model_validate(_spec_dict({"file": str(table), "format": "csv", "split_column": "split",
+                                              "hash_buckets": 5}, student=student))
+    result = train(spec, tmp_path / "work")
+    assert set(result.results["tasks"]) == {"colour", "big"}
+    assert result.results["tasks"]["colour"]["teacher"] is not None
+    artifacts = tmp_path / "work" / "artifacts"
+    config = json.loads((artifacts / "student.json").read_text())
+    assert config["input_shape"] == [4] and config["layout"]["cardinalities"] == [4, 6]
+    data = _load(table, encoding="embedding", hash_buckets=5)
+    model = load_student(artifacts)
+    with torch.no_grad():
+        want = model(data.x_test)
+    got = ort.InferenceSession(str(artifacts / "student.onnx")).run(None, {"x": data.x_test.numpy()})
+    assert all(np.abs(g - want[n].numpy()).max() <= 1e-4 for n, g in zip(["colour", "big"], got, strict=True))
+
+
+def test_a_convolutional_student_on_category_codes_fails_with_invalid_data(tmp_path: Path, table: Path):
+    spec = JobSpec.model_validate(_spec_dict({"file": str(table), "format": "csv", "split_column": "split"},
+                                             student={"type": "cnn1d", "channels": [4], "trunk": [8]}))
+    with pytest.raises(TrainingError, match="student: cnn1d cannot read a table's category codes") as err:
+        train(spec, tmp_path / "work")
+    assert err.value.code == "invalid_data"
+
+
+def test_a_zoo_teachers_identity_names_its_layout_and_weights_teachers_embed_it(tmp_path: Path):
+    from app.training.files import LocalFileResolver
+    from app.training.spec import WeightsSourceSpec
+    from app.training.teachers import ModelTeacher, load_weights_teacher
+
+    layout = TableLayout(numeric=2, cardinalities=(4, 8))
+    arch = ArchSpec(type="mlp", trunk=[8])
+    model = build_model(arch, input_shape=[4], tasks=TASKS, layout=layout)
+    plain = build_model(arch, input_shape=[4], tasks=TASKS)
+    identity = json.loads(ModelTeacher(model, arch=arch, tasks=TASKS).identity)
+    assert identity["settings"]["layout"] == layout.as_json()
+    assert "layout" not in json.loads(ModelTeacher(plain, arch=arch, tasks=TASKS).identity)["settings"]
+    write_safetensors(model, directory=tmp_path)
+    loaded = load_weights_teacher(WeightsSourceSpec(file=str(tmp_path / "student.safetensors"), arch=arch),
+                                  tasks=TASKS, input_shape=[4], resolver=LocalFileResolver(), name="t",
+                                  layout=layout)
+    x = torch.tensor([[0.1, 0.2, 3.0, 7.0]])
+    assert torch.equal(loaded.outputs(x).logits["big"], model.eval()(x)["big"])
+
+
+def test_a_table_without_categorical_columns_has_no_layout(tmp_path: Path):
+    path = tmp_path / "n.csv"
+    _frame().drop(columns=["city", "shop"]).to_csv(path, index=False)
+    embedding, onehot = _load(path, encoding="embedding"), _load(path, encoding="onehot")
+    assert embedding.layout is None and torch.equal(embedding.x_train, onehot.x_train)
