@@ -117,7 +117,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
 def _load(spec: JobSpec, *, resolver: FileResolver, cache_builtin: bool) -> DatasetSplits:
     if not cache_builtin or spec.dataset.builtin is None:
         return load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
-    key = (spec.dataset.builtin, tuple(task.name for task in spec.tasks))
+    key = (spec.dataset.builtin, spec.dataset.encoding, tuple(task.name for task in spec.tasks))
     if key not in _BUILTIN_CACHE:
         _BUILTIN_CACHE[key] = load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
     return _BUILTIN_CACHE[key]

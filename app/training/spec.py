@@ -13,8 +13,8 @@ from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EXPORT_FORMATS,
-                                  ExportFormat)
+from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EMBEDDING_ARCHS,
+                                  EXPORT_FORMATS, ExportFormat)
 from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
 from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec,
                                         EarlyStoppingSpec, TaskKDOverride, TaskSpec, TrainingSpec,
@@ -122,10 +122,12 @@ class JobSpec(_Strict):
         for index, teacher in enumerate(teachers if dataset is not None and dataset.builtin else []):
             source, path = teacher.source, f"teachers[{index}].source"
             if source.train is not None:
+                own = source.train.dataset is None  # a source domain is read in its default encoding
                 _check_arch_inputs(source.train.arch, source.train.dataset or dataset.builtin,
-                                   f"{path}.train.arch")
+                                   f"{path}.train.arch", dataset.encoding if own else None)
             elif source.weights is not None:
-                _check_arch_inputs(source.weights.arch, dataset.builtin, f"{path}.weights.arch")
+                _check_arch_inputs(source.weights.arch, dataset.builtin, f"{path}.weights.arch",
+                                   dataset.encoding)
         return teachers
 
     @field_validator("distillation")
@@ -169,7 +171,7 @@ class JobSpec(_Strict):
     def _student_fits_inputs(cls, student: ArchSpec, info: ValidationInfo) -> ArchSpec:
         dataset = info.data.get("dataset")
         if dataset is not None and dataset.builtin:  # a file's shape is checked when it is read
-            _check_arch_inputs(student, dataset.builtin, "student")
+            _check_arch_inputs(student, dataset.builtin, "student", dataset.encoding)
         return student
 
     @field_validator("weighting")
@@ -311,9 +313,17 @@ def input_rank_problem(arch: ArchSpec, shape: Any) -> str | None:
     return None
 
 
-def _check_arch_inputs(arch: ArchSpec, dataset: str, path: str) -> None:
-    """Check that an architecture accepts a built-in dataset's input shape."""
-    shape = BUILTIN_DATASETS[dataset]["input_shape"]
+def _check_arch_inputs(arch: ArchSpec, dataset: str, path: str, encoding: str | None = None) -> None:
+    """Check that an architecture accepts a built-in dataset's input shape (and category codes,
+    under its `encoding`, default: the dataset's own)."""
+    meta = BUILTIN_DATASETS[dataset]
+    offered = meta.get("encodings", {})
+    encoding = encoding or next(iter(offered), None)
+    shape = offered[encoding] if encoding in offered else meta["input_shape"]
+    if encoding == "embedding" and arch.type not in EMBEDDING_ARCHS:
+        raise _error("arch_input_mismatch", (
+            f"{path}.type: {arch.type} cannot read category codes; dataset '{dataset}' gives them "
+            f"under encoding 'embedding': use {', '.join(EMBEDDING_ARCHS)}, or dataset.encoding 'onehot'"))
     problem = input_rank_problem(arch, shape)
     if problem:
         raise _error("arch_input_mismatch", f"{path}.type: {problem}; dataset '{dataset}' has inputs {shape}")

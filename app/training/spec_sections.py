@@ -84,8 +84,17 @@ class DatasetSpec(_Strict):
         if self.file is not None and self.format is None:
             raise _error("dataset_format", "dataset.format: say how to read the file: "
                                            f"{', '.join(get_args(DatasetFormat))}")
+        offered = BUILTIN_DATASETS[self.builtin].get("encodings", {}) if self.builtin else {}
+        if self.builtin is not None and (offered or self.encoding is not None):
+            if self.encoding is None:
+                self.encoding = next(iter(offered))  # written back, as for tables
+            if self.encoding not in offered:
+                raise _error("dataset_encoding", (
+                    f"dataset.encoding: built-in dataset '{self.builtin}' offers "
+                    f"{', '.join(offered) or 'no encodings (its inputs are not a table)'}"))
         table_only = [f for f in ("targets", "features", "split_column", "standardize", "encoding",
-                                  "hash_buckets") if getattr(self, f) is not None]
+                                  "hash_buckets") if getattr(self, f) is not None
+                      and not (f == "encoding" and self.builtin is not None)]
         if table_only and self.format != "csv" and self.format != "parquet":
             raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
         if self.format in ("csv", "parquet"):

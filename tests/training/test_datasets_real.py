@@ -51,7 +51,7 @@ def test_census_inputs_are_39_columns_without_the_targets_or_the_instance_weight
 
 @needs_census
 def test_census_labels_match_the_raw_file():
-    data = census.load_census(max_rows=ROWS)
+    data = census.load_census(max_rows=ROWS, encoding="onehot")
     for split, y in (("train", data.y_train), ("test", data.y_test)):
         rows = raw_census(split, ROWS)
         assert all(len(row) == 42 for row in rows)
@@ -64,7 +64,7 @@ def test_census_labels_match_the_raw_file():
 
 @needs_census
 def test_census_encoding_is_fitted_on_train_rows_only():
-    data = census.load_census(max_rows=ROWS)
+    data = census.load_census(max_rows=ROWS, encoding="onehot")
     train, test = raw_census("train", ROWS), raw_census("test", ROWS)
     seen = [{row[c] for row in train} for c in census.NOMINAL]
     assert data.input_shape == (7 + sum(map(len, seen)),)
@@ -92,7 +92,8 @@ def test_census_catalog_entry_matches_the_full_files():
         with open(paths[split], "rb") as handle:
             assert sum(1 for _ in handle) == CENSUS[key]
     categories = census.fit_categories(census.read_census(paths["train"]))  # no tensors built
-    assert CENSUS["input_shape"] == [7 + sum(map(len, categories))] == [503]
+    assert CENSUS["encodings"]["onehot"] == [7 + sum(map(len, categories))] == [503]
+    assert CENSUS["input_shape"] == CENSUS["encodings"]["embedding"] == [7 + len(categories)] == [39]
 
 
 @needs_census
@@ -122,7 +123,7 @@ def test_census_spec_validates_and_a_tiny_job_trains_on_a_slice(tmp_path):
     JobSpec.model_validate(job_dict({"builtin": "census-income"}, CENSUS_TASKS,
                                     {"type": "mlp", "trunk": [32], "head": [8]}))
     # A built-in runs in full; the slice's narrower one-hot goes through an uploaded NPZ instead.
-    data = census.load_census(max_rows=1500)
+    data = census.load_census(max_rows=1500, encoding="onehot")
     np.savez(tmp_path / "census.npz", x=torch.cat([data.x_train, data.x_test]).numpy(),
              split=np.array(["train"] * 1500 + ["test"] * 1500),
              **{f"y_{task}": torch.cat([data.y_train[task], data.y_test[task]]).numpy()

@@ -213,3 +213,47 @@ def test_a_table_without_categorical_columns_has_no_layout(tmp_path: Path):
     _frame().drop(columns=["city", "shop"]).to_csv(path, index=False)
     embedding, onehot = _load(path, encoding="embedding"), _load(path, encoding="onehot")
     assert embedding.layout is None and torch.equal(embedding.x_train, onehot.x_train)
+
+
+needs_census = pytest.mark.skipif(not BUILTIN_DATASETS["census-income"]["available"],
+                                  reason=BUILTIN_DATASETS["census-income"]["requires"])
+
+
+@needs_census
+def test_census_embedding_codes_are_the_onehot_blocks_positions():
+    from app.training.datasets import census
+
+    emb = census.load_census(max_rows=400)
+    hot = census.load_census(max_rows=400, encoding="onehot")
+    assert emb.layout.numeric == 7 and len(emb.layout.cardinalities) == 32
+    assert emb.input_shape == (39,) and torch.equal(emb.x_test[:, :7], hot.x_test[:, :7])
+    sizes = [k - 1 for k in emb.layout.cardinalities]
+    assert hot.input_shape == (7 + sum(sizes),)
+    start = 7
+    for i, size in enumerate(sizes):
+        for x_emb, x_hot in ((emb.x_train, hot.x_train), (emb.x_test, hot.x_test)):
+            block = x_hot[:, start:start + size]
+            want = torch.where(block.sum(1) > 0, block.argmax(1).float() + 1, torch.zeros(()))
+            assert torch.equal(x_emb[:, 7 + i], want)  # 0: a category train did not have
+        start += size
+    assert (emb.x_test[:, 7:] == 0).any()  # this slice holds unseen test categories
+
+
+def test_census_spec_defaults_to_embedding_and_checks_archs_against_the_encoding():
+    census_tasks = [{"name": "income", "kind": "binary"}, {"name": "never_married", "kind": "binary"}]
+
+    def spec(dataset: dict, student: dict) -> dict:
+        return {"name": "c", "dataset": dataset, "tasks": census_tasks,
+                "teachers": [{"name": "t", "tasks": ["income", "never_married"], "source": {"train": {
+                    "arch": {"type": "mlp", "trunk": [8]}}}}], "student": student}
+
+    if not BUILTIN_DATASETS["census-income"]["available"]:
+        pytest.skip(BUILTIN_DATASETS["census-income"]["requires"])
+    mlp, cnn = {"type": "mlp", "trunk": [8]}, {"type": "cnn1d", "channels": [4], "trunk": [8]}
+    assert JobSpec.model_validate(spec({"builtin": "census-income"}, mlp)).dataset.encoding == "embedding"
+    with pytest.raises(ValueError, match="cnn1d cannot read category codes"):
+        JobSpec.model_validate(spec({"builtin": "census-income"}, cnn))
+    onehot = JobSpec.model_validate(spec({"builtin": "census-income", "encoding": "onehot"}, cnn))
+    assert onehot.dataset.encoding == "onehot"
+    with pytest.raises(ValueError, match="offers no encodings"):
+        JobSpec.model_validate(_spec_dict({"builtin": "digits-mt", "encoding": "onehot"}, tasks="digits"))

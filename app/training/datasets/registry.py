@@ -28,16 +28,17 @@ class TransferGenerator(Protocol):
     def __call__(self, n: int, seed: int, *, cache_dir: Path | None = None) -> torch.Tensor: ...
 
 
-BUILTIN_LOADERS: dict[str, Callable[[], DatasetSplits]] = {}
+# A loader takes `encoding` (a keyword) when its catalog entry lists `encodings`.
+BUILTIN_LOADERS: dict[str, Callable[..., DatasetSplits]] = {}
 TRANSFER_GENERATORS: dict[str, TransferGenerator] = {}
 
 
-def register_builtin(name: str) -> Callable[[Callable[[], DatasetSplits]], Callable[[], DatasetSplits]]:
+def register_builtin(name: str) -> Callable[[Callable[..., DatasetSplits]], Callable[..., DatasetSplits]]:
     """Register a loader for a built-in dataset that the static catalog describes."""
     if name not in BUILTIN_DATASETS:
         raise KeyError(f"built-in dataset {name!r} is missing from the catalog")
 
-    def decorate(loader: Callable[[], DatasetSplits]) -> Callable[[], DatasetSplits]:
+    def decorate(loader: Callable[..., DatasetSplits]) -> Callable[..., DatasetSplits]:
         BUILTIN_LOADERS[name] = loader
         return loader
 
@@ -69,11 +70,22 @@ def import_loaders() -> None:
         importlib.import_module(f"app.training.datasets.{module}")
 
 
-def load_builtin(name: str) -> DatasetSplits:
-    """Load a built-in dataset with all its tasks, checked against its catalog entry."""
+def load_builtin(name: str, *, encoding: str | None = None) -> DatasetSplits:
+    """Load a built-in dataset with all its tasks, checked against its catalog entry.
+
+    `encoding`: one the entry's `encodings` offers (None: its default, the first); a dataset
+    that offers none takes no encoding.
+    """
     import_loaders()
-    splits = BUILTIN_LOADERS[name]()
-    _check_splits(splits, name=name)
+    offered = BUILTIN_DATASETS[name].get("encodings", {})
+    if encoding is not None and encoding not in offered:
+        raise ValueError(f"built-in dataset {name!r} offers no encoding {encoding!r}")
+    if offered:
+        encoding = encoding or next(iter(offered))
+        splits = BUILTIN_LOADERS[name](encoding=encoding)
+    else:
+        splits = BUILTIN_LOADERS[name]()
+    _check_splits(splits, name=name, input_shape=offered.get(encoding))
     return splits
 
 
@@ -82,7 +94,7 @@ def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec],
     """Load a dataset (built-in, or an uploaded file through `resolver`) with the spec's tasks only."""
     if spec.file is not None:
         return _load_file(spec, tasks=tasks, resolver=resolver)
-    splits = load_builtin(spec.builtin)
+    splits = load_builtin(spec.builtin, encoding=spec.encoding)
     names = [task.name for task in tasks]
     return DatasetSplits(
         x_train=splits.x_train, x_test=splits.x_test,
@@ -138,11 +150,12 @@ def generate_transfer_set(name: str, n: int, seed: int, *,
     return generator(n, seed, cache_dir=cache_dir)
 
 
-def _check_splits(splits: DatasetSplits, *, name: str) -> None:
+def _check_splits(splits: DatasetSplits, *, name: str, input_shape: list[int] | None = None) -> None:
     meta = BUILTIN_DATASETS[name]
-    if list(splits.input_shape) != meta["input_shape"]:
+    expected = input_shape or meta["input_shape"]
+    if list(splits.input_shape) != expected:
         raise TrainingError(code="invalid_data", message=f"dataset '{name}' has input shape "
-                            f"{list(splits.input_shape)}, expected {meta['input_shape']}")
+                            f"{list(splits.input_shape)}, expected {expected}")
     for split, x, targets in (("train", splits.x_train, splits.y_train),
                               ("test", splits.x_test, splits.y_test)):
         if not torch.isfinite(x).all():
