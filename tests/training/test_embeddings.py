@@ -257,3 +257,37 @@ def test_census_spec_defaults_to_embedding_and_checks_archs_against_the_encoding
     assert onehot.dataset.encoding == "onehot"
     with pytest.raises(ValueError, match="offers no encodings"):
         JobSpec.model_validate(_spec_dict({"builtin": "digits-mt", "encoding": "onehot"}, tasks="digits"))
+
+
+@needs_census
+def test_a_census_job_reads_category_codes_through_the_builtin_path(tmp_path: Path, monkeypatch):
+    from app.training.datasets import census
+    from app.training.datasets.registry import BUILTIN_LOADERS, import_loaders, load_builtin
+    from app.training.dry_run import dry_run
+
+    import_loaders()
+    # A one-hot slice is narrower than the full data's 503; the codes are 39 wide on any slice.
+    monkeypatch.setitem(BUILTIN_LOADERS, "census-income", lambda *, encoding: census.load_census(
+        max_rows=400, encoding="onehot"))
+    with pytest.raises(TrainingError, match=r"input shape \[\d+\], expected \[39\]"):
+        load_builtin("census-income")  # a loader that ignores the encoding is caught
+    monkeypatch.setitem(BUILTIN_LOADERS, "census-income", lambda *, encoding: census.load_census(
+        max_rows=600, encoding=encoding))
+    tasks = [{"name": "income", "kind": "binary"}, {"name": "never_married", "kind": "binary"}]
+    spec = JobSpec.model_validate({
+        "name": "census", "dataset": {"builtin": "census-income"}, "tasks": tasks,
+        "teachers": [{"name": "t", "tasks": ["income", "never_married"], "source": {"train": {
+            "arch": {"type": "mmoe", "experts": 2, "expert": [16]}, "epochs": 1}}}],
+        "student": {"type": "mlp", "trunk": [8], "head": [4]},
+        "training": {"epochs": 1, "batch_size": 64}, "export": ["safetensors", "onnx"]})
+    assert dry_run(spec)["dataset"]["layout"]["numeric"] == 7
+    result = train(spec, tmp_path / "work")
+    assert 0.0 <= result.results["tasks"]["income"]["student"] <= 1.0
+    config = json.loads((tmp_path / "work" / "artifacts" / "student.json").read_text())
+    assert config["input_shape"] == [39] and len(config["layout"]["cardinalities"]) == 32
+    model = load_student(tmp_path / "work" / "artifacts")
+    x = census.load_census(max_rows=600).x_test
+    with torch.no_grad():
+        want = model(x)
+    got = ort.InferenceSession(str(tmp_path / "work" / "artifacts" / "student.onnx")).run(None, {"x": x.numpy()})
+    assert all(np.abs(g - want[n].numpy()).max() <= 1e-4 for n, g in zip(["income", "never_married"], got, strict=True))
