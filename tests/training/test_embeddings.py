@@ -77,13 +77,30 @@ def test_hash_buckets_hash_columns_with_more_train_categories(table: Path):
 
 
 def test_onehot_encoding_is_unchanged(table: Path):
-    onehot = _load(table, encoding="onehot")
-    default = _load(table)  # the loader's own default stays one-hot for direct callers
+    from app.training.datasets.registry import load_dataset
+    from app.training.spec import DatasetSpec
+
+    spec = DatasetSpec(file=str(table), format="csv", split_column="split", encoding="onehot")
+    onehot = load_dataset(spec, tasks=TASKS)
     assert onehot.layout is None
-    assert torch.equal(onehot.x_train, default.x_train) and torch.equal(onehot.x_test, default.x_test)
-    # size, 3 city blocks, 7 shop blocks, weight: features in file order as before
+    # as before the embedding encoding: features in file order, each text column a block of its
+    # sorted train categories (an unseen one all zeros), numbers standardised with train statistics
+    frame = _frame()
+    train = frame[frame.split == "train"]
+    blocks = []
+    for name in ("size", "city", "shop", "weight"):
+        if name in ("city", "shop"):
+            cats = sorted(set(train[name]))
+            blocks.append((frame[name].to_numpy()[:, None] == np.array(cats)[None, :]).astype(np.float64))
+        else:
+            values = frame[name].to_numpy()
+            blocks.append(((values - train[name].mean()) / train[name].std(ddof=0))[:, None])
+    want = torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32))
+    rows = torch.tensor((frame.split == "test").to_numpy())
     assert onehot.input_shape == (1 + 3 + 7 + 1,)
-    assert onehot.x_test[0, 1:4].sum() == 0  # an unseen category is all zeros
+    assert torch.allclose(onehot.x_test, want[rows], atol=1e-6)
+    assert torch.allclose(onehot.x_train, want[~rows], atol=1e-6)
+    assert onehot.x_test[0, 1:4].sum() == 0  # 'Unseen' is all zeros
 
 
 def test_spec_defaults_tables_to_embedding_and_refuses_hash_buckets_with_onehot():
