@@ -27,7 +27,8 @@ KINDS_WITH_CLASSES = ("multiclass", "multilabel")
 # `fields` is also what ArchSpec accepts for the type (a field listed for other types only is refused).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "mlp": {
-        "description": "shared trunk of Linear+ReLU(+dropout) layers, one Linear+ReLU head per task",
+        "description": ("shared trunk of Linear+ReLU(+dropout) layers, one Linear+ReLU head per task; "
+                        "inputs flattened, a table's category codes embedded (dataset.encoding)"),
         "fields": {"trunk": "list of trunk widths (teachers may say 'hidden')",
                    "head": "list of per-task head widths", "dropout": "dropout after trunk layers"},
         "feature_taps": ["trunk"],
@@ -74,7 +75,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "feature_taps": ["trunk"],
     },
     "mmoe": {
-        "description": ("Multi-gate Mixture-of-Experts (Ma et al. 2018): inputs flattened; MLP "
+        "description": ("Multi-gate Mixture-of-Experts (Ma et al. 2018): inputs flattened "
+                        "(category codes embedded); MLP "
                         "experts shared by all tasks, one softmax gate per task mixing them into "
                         "that task's tower (its head)"),
         "fields": {"experts": "number of experts (default 4)",
@@ -84,7 +86,8 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "feature_taps": ["trunk", "task:<task>"],
     },
     "ple": {
-        "description": ("Progressive Layered Extraction (Tang et al. 2020): inputs flattened; "
+        "description": ("Progressive Layered Extraction (Tang et al. 2020): inputs flattened "
+                        "(category codes embedded); "
                         "levels of shared and per-task MLP experts, a softmax gate per task over "
                         "its own and the shared experts, and between levels a shared gate over all "
                         "experts; one tower (head) per task"),
