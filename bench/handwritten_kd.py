@@ -68,7 +68,10 @@ def train_student(student: nn.Module, x: torch.Tensor, y: Tensors, soft: Tensors
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str) -> float:
-    """Return the accuracy of a multiclass head."""
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str,
+             batch: int = 4096) -> float:
+    """Return the accuracy of a multiclass head, or of a binary one (one logit, > 0 is 1)."""
     model.eval()
-    return (model(x)[task].argmax(-1) == y).float().mean().item()
+    z = torch.cat([model(x[i:i + batch])[task] for i in range(0, len(x), batch)])  # (n, out)
+    predicted = z.argmax(-1) if z.shape[-1] > 1 else (z[:, 0] > 0).to(y.dtype)
+    return (predicted == y).float().mean().item()
