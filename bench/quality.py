@@ -17,8 +17,8 @@ markdown table:
     (teacher trained on digits-mt, student on mnist8x8-mt with 1%, 5% and no labels); the
     semi-supervised MNIST-1D row (5% labels + 50k generated inputs, the teacher trained on the same
     5%) replaces the old same-domain "transfer" row, whose teacher had seen every label.
-Opt-in groups on real data (not in the default list: on a 2-core CPU one seed of `census` takes
-minutes and one of `fashion` about half an hour; see docs/PERFORMANCE.md):
+Opt-in groups on real data (not in the default list: one seed of `census` took 4 min and one of
+`fashion` 27.5 min on one thread of a 2-core CPU; see docs/PERFORMANCE.md):
   - census (census-income, income / never_married): MMoE teacher 8 x [128, 64] trained in the job,
     MMoE student with <= 1/10 of its parameters, test AUC per task (anchor: PaddleRec's MMoE
     0.9447 / 0.9932), student >= baseline; a shared-bottom mlp student of about the same size
