@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The suite runs workers, servers and in-process training side by side on a couple of cores;
 # one torch thread each keeps them from thrashing (a stage measured 247 s vs 12 s here).
 torch.set_num_threads(1)
-TABLES = ("job_events", "artifacts", "jobs", "files", "api_keys", "tenants")
+TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "job_events", "artifacts", "jobs", "files",
+          "api_keys", "tenants")
 
 
 def _pg_database() -> Iterator[str]:

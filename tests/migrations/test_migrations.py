@@ -13,7 +13,8 @@ from app.cli import ROOT
 from app.db import Base, get_engine
 from tests.conftest import _pg_database
 
-TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts", "files"}
+TABLES = {"tenants", "api_keys", "jobs", "job_events", "artifacts", "files", "webhook_endpoints",
+          "webhook_deliveries", "webhook_attempts"}
 
 
 def _config(url: str) -> Config:
