@@ -1,5 +1,8 @@
 """TrainCallbacks: the hooks a caller of train() overrides (the worker writes events and
-heartbeats, the CLI prints); every hook is a no-op here."""
+heartbeats, the CLI prints); every hook is a no-op here. CallbackChain calls several in turn."""
+
+from pathlib import Path
+from typing import Any
 
 
 class TrainCallbacks:
@@ -25,3 +28,34 @@ class TrainCallbacks:
     def on_note(self, *, message: str) -> None:
         """Called with each note about the data (rows dropped, values imputed, labels encoded)
         and each diagnostic about the results (results.json "diagnostics")."""
+
+    def on_train_end(self, *, results: dict[str, Any], artifacts: list[Path]) -> None:
+        """Called once the job's artifacts are written, with results.json's content and the files."""
+
+
+class CallbackChain(TrainCallbacks):
+    """Call each hook of several callbacks in the order given; stop when any of them says so."""
+
+    def __init__(self, *callbacks: TrainCallbacks) -> None:
+        self.callbacks = callbacks
+
+    def on_stage_start(self, *, stage: str, epochs: int) -> None:
+        for callback in self.callbacks:
+            callback.on_stage_start(stage=stage, epochs=epochs)
+
+    def on_epoch_end(self, *, stage: str, epoch: int, epochs: int, progress: float,
+                     metrics: dict[str, float], losses: dict[str, float], seconds: float) -> None:
+        for callback in self.callbacks:
+            callback.on_epoch_end(stage=stage, epoch=epoch, epochs=epochs, progress=progress,
+                                  metrics=metrics, losses=losses, seconds=seconds)
+
+    def should_stop(self) -> bool:
+        return any(callback.should_stop() for callback in self.callbacks)
+
+    def on_note(self, *, message: str) -> None:
+        for callback in self.callbacks:
+            callback.on_note(message=message)
+
+    def on_train_end(self, *, results: dict[str, Any], artifacts: list[Path]) -> None:
+        for callback in self.callbacks:
+            callback.on_train_end(results=results, artifacts=artifacts)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from app.training.cache import TeacherOutputCache
-from app.training.callbacks import TrainCallbacks
+from app.training.callbacks import CallbackChain, TrainCallbacks
 from app.training.checkpoint import CheckpointWriter, load_checkpoint, new_checkpoint
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.files import FileResolver, LocalFileResolver
@@ -27,6 +27,7 @@ from app.training.stage_data import (baseline_data, check_input_ranks, label_mas
 from app.training.strategies import plan_stages
 from app.training.target_scaling import fit_target_scales
 from app.training.teacher_targets import load_transfer_inputs, teacher_targets
+from app.training.tracking import ARCHIVE_NAME, TensorBoardWriter
 
 __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "train"]
 
@@ -73,8 +74,11 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     # 2. The stages, and where a previous call stopped.
     plans = plan_stages(spec, rows=rows)
     state = load_checkpoint(workdir, spec_sha256=sha) or new_checkpoint(spec_sha256=sha)
-    with CheckpointWriter(workdir) as writer:  # every exit waits for the write in flight
-        run = Run(spec=spec, workdir=workdir, device=device, callbacks=callbacks, state=state,
+    # Every exit waits for the checkpoint write in flight and closes the TensorBoard files.
+    with CheckpointWriter(workdir) as writer, TensorBoardWriter(
+            workdir / "tensorboard", tasks=spec.tasks, fresh=not state["history"]) as tensorboard:
+        run = Run(spec=spec, workdir=workdir, device=device, state=state,
+                  callbacks=CallbackChain(callbacks, tensorboard),
                   plan_epochs={plan.name: plan.epochs for plan in plans}, started=started,
                   writer=writer, scales=scales, checkpoint_interval=checkpoint_interval)
 
@@ -114,9 +118,11 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             finished=state["finished"], history=state["history"], targets=targets, data=data,
             scales=scales, rows=rows, job_id=job_id, sha=sha, device=device.type,
             placements=run.placements, elapsed=run.elapsed())
+        results.artifacts.append(tensorboard.archive(workdir / "artifacts" / ARCHIVE_NAME))
     # diagnostics = the teacher notes (reported when found, above) + what the test results show
     for diagnostic in results.results["diagnostics"][len(targets.notes):]:
         callbacks.on_note(message=diagnostic)
+    callbacks.on_train_end(results=results.results, artifacts=results.artifacts)
     return results
 
 

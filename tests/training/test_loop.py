@@ -35,7 +35,8 @@ def test_results_json_follows_the_contract(tiny_run: tuple[Result, Path]):
     result, workdir = tiny_run
     out = workdir / "artifacts"
     assert sorted(path.name for path in result.artifacts) == [
-        "metrics.csv", "report.html", "report.png", "results.json", "student.json", "student.onnx", "student.safetensors"]
+        "metrics.csv", "report.html", "report.png", "results.json", "student.json", "student.onnx", "student.safetensors",
+        "tensorboard.zip"]
     assert all(path.parent == out and path.is_file() for path in result.artifacts)
     results = json.loads((out / "results.json").read_text())
     assert results == result.results
