@@ -61,6 +61,9 @@ class DatasetSpec(_Strict):
     # Tables: numeric features are standardised with train statistics unless this is false (set it
     # false when an uploaded teacher expects the raw feature values).
     standardize: bool | None = Field(default=None, exclude_if=_unset)
+    # Tables: columns read as categorical even though they hold numbers (integer codes, such as an
+    # industry code); text columns are categorical anyway.
+    categorical: list[str] | None = Field(default=None, exclude_if=_unset, min_length=1)
     # Tables: categorical columns as codes for embedding tables (default) or one-hot blocks.
     encoding: Encoding | None = Field(default=None, exclude_if=_unset)
     # Tables, embedding encoding: a categorical column with more train categories than this is
@@ -93,7 +96,7 @@ class DatasetSpec(_Strict):
                     f"dataset.encoding: built-in dataset '{self.builtin}' offers "
                     f"{', '.join(offered) or 'no encodings (its inputs are not a table)'}"))
         table_only = [f for f in ("targets", "features", "split_column", "standardize", "encoding",
-                                  "hash_buckets") if getattr(self, f) is not None
+                                  "hash_buckets", "categorical") if getattr(self, f) is not None
                       and not (f == "encoding" and self.builtin is not None)]
         if table_only and self.format != "csv" and self.format != "parquet":
             raise _error("dataset_table_fields", f"dataset.{table_only[0]}: only for csv or parquet files")
@@ -102,6 +105,11 @@ class DatasetSpec(_Strict):
                 self.encoding = "embedding"  # written back: the stored spec says how columns were read
             if self.hash_buckets is not None and self.encoding != "embedding":
                 raise _error("dataset_hash_buckets", "dataset.hash_buckets: only with encoding 'embedding'")
+            if self.categorical is not None and self.features is not None:
+                stray = [c for c in self.categorical if c not in self.features]
+                if stray:
+                    raise _error("dataset_categorical", (
+                        f"dataset.categorical: {stray} are not among dataset.features"))
         image_only = [f for f in ("image_size", "channels") if getattr(self, f) is not None]
         if image_only and self.format != "images":
             raise _error("dataset_image_fields", f"dataset.{image_only[0]}: only for images files")
@@ -328,3 +336,17 @@ class TrainingSpec(_Strict):
             raise _error("unexpected_warmup", "training.warmup_steps: only used by schedule 'cosine'")
         return self
 
+
+
+class MlflowTrackingSpec(_Strict):
+    """The MLflow experiment (and run name) a job logs to, on the server the worker is set up
+    with (DISTILLERY_MLFLOW_TRACKING_URI): a spec never names a server itself."""
+
+    experiment: str = Field(min_length=1, max_length=250)
+    run_name: str | None = Field(default=None, min_length=1, max_length=250)  # default: the job's name
+
+
+class TrackingSpec(_Strict):
+    """Experiment trackers a job logs to, besides its TensorBoard artifact (always written)."""
+
+    mlflow: MlflowTrackingSpec | None = None

@@ -68,6 +68,30 @@ def test_embedding_encoding_puts_numbers_first_then_train_codes_with_an_unknown_
     assert carved.layout == data.layout  # carried through the validation carve
 
 
+def test_categorical_reads_integer_code_columns_as_categories(table: Path, tmp_path: Path):
+    frame = _frame()
+    frame["zone"] = np.arange(len(frame)) % 4 * 10  # integer codes 0, 10, 20, 30: not quantities
+    frame.loc[frame.index[frame.split == "test"][0], "zone"] = 99  # a code train never had
+    path = tmp_path / "z.csv"
+    frame.to_csv(path, index=False)
+    plain = _load(path, encoding="embedding")
+    assert plain.layout.names == ("city", "shop")  # numbers unless named
+    data = _load(path, encoding="embedding", categorical=["zone"])
+    assert data.layout == TableLayout(numeric=2, cardinalities=(4, 8, 5), names=("city", "shop", "zone"))
+    train, test = frame[frame.split == "train"], frame[frame.split == "test"]
+    codes = sorted({str(z) for z in train.zone})  # "0", "10", "20", "30" -> 1..4 (text order)
+    assert torch.equal(data.x_train[:, 4], torch.tensor([codes.index(str(z)) + 1 for z in train.zone],
+                                                        dtype=torch.float32))
+    assert data.x_test[0, 4] == 0  # 99: the unknown bucket
+    onehot = _load(path, encoding="onehot", categorical=["zone"])
+    assert onehot.input_shape == (2 + 3 + 7 + 4,)
+    with pytest.raises(TrainingError, match=r"categorical columns \['size'\] are not feature columns"):
+        load_table_dataset(path, fmt="csv", tasks=TASKS, targets={"colour": "colour", "big": "big"},
+                           features=["city"], split_column="split", categorical=["size"])
+    with pytest.raises(TrainingError, match=r"columns \['nowhere'\] are not in the file"):
+        _load(path, categorical=["nowhere"])
+
+
 def test_hash_buckets_hash_columns_with_more_train_categories(table: Path):
     data = _load(table, encoding="embedding", hash_buckets=5)
     assert data.layout.cardinalities == (4, 6)  # city (3 categories) kept, shop (7) hashed into 5
@@ -112,6 +136,10 @@ def test_spec_defaults_tables_to_embedding_and_refuses_hash_buckets_with_onehot(
         JobSpec.model_validate(_spec_dict({**base, "encoding": "onehot", "hash_buckets": 4}))
     with pytest.raises(ValueError, match="only for csv or parquet"):
         JobSpec.model_validate(_spec_dict({"file": "d.npz", "format": "npz", "encoding": "onehot"}))
+    with pytest.raises(ValueError, match="only for csv or parquet"):
+        JobSpec.model_validate(_spec_dict({"file": "d.npz", "format": "npz", "categorical": ["a"]}))
+    with pytest.raises(ValueError, match=r"dataset.categorical: \['zone'\] are not among dataset.features"):
+        JobSpec.model_validate(_spec_dict({**base, "features": ["city"], "categorical": ["zone"]}))
     assert "encoding" not in JobSpec.model_validate(_spec_dict({"builtin": "digits-mt"},
                                                               tasks="digits")).model_dump(mode="json")["dataset"]
 

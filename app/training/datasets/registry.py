@@ -121,7 +121,8 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
         targets = {task.name: (spec.targets or {}).get(task.name, task.name) for task in tasks}
         return load_table_dataset(path, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
                                   split_column=spec.split_column, standardize=spec.standardize is not False,
-                                  encoding=spec.encoding or "embedding", hash_buckets=spec.hash_buckets)
+                                  encoding=spec.encoding or "embedding", hash_buckets=spec.hash_buckets,
+                                  categorical=spec.categorical)
     except TrainingError:
         raise
     except Exception as exc:  # pandas/numpy parse errors: say what the file is, not where it broke

@@ -19,6 +19,8 @@ Rules (documented in docs/datasets.md, "Your own data"):
   columns; regression as floats.
 - Missing values: a row with a missing target is dropped; a missing numeric feature gets the train
   median; a missing categorical feature is its own category "<missing>". Each is counted in `notes`.
+- `categorical` columns are categorical even when numeric (integer codes); their categories are
+  the values' text (pandas `astype("string")`: 12 -> "12", 1.5 -> "1.5").
 """
 
 import zlib
@@ -154,9 +156,11 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
 def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
                        features: list[str] | None, split_column: str | None,
                        standardize: bool = True, encoding: str = "onehot",
-                       hash_buckets: int | None = None) -> DatasetSplits:
+                       hash_buckets: int | None = None,
+                       categorical: list[str] | None = None) -> DatasetSplits:
     """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns);
-    `encoding` "embedding" or "onehot" says how categorical columns are read (module rules)."""
+    `encoding` "embedding" or "onehot" says how categorical columns are read (module rules);
+    `categorical` names numeric columns to read as categories too (integer codes)."""
     import pandas as pd
 
     frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
@@ -165,11 +169,14 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
                       for t in tasks}
     used = {c for cols in target_columns.values() for c in cols} | ({split_column} if split_column else set())
     features = features if features is not None else [c for c in frame.columns if c not in used]
-    missing = [c for c in [*used, *features] if c not in frame.columns]
+    forced = set(categorical or ())
+    missing = [c for c in [*used, *features, *sorted(forced)] if c not in frame.columns]
     if missing:
         raise _invalid(f"columns {missing} are not in the file (it has: {', '.join(map(str, frame.columns))})")
     if not features:
         raise _invalid("no feature columns are left once targets and the split column are taken out")
+    if forced - set(features):
+        raise _invalid(f"categorical columns {sorted(forced - set(features))} are not feature columns")
     before = len(frame)
     frame = frame.dropna(subset=sorted(used - {split_column} if split_column else used)).reset_index(drop=True)
     if len(frame) < before:
@@ -182,7 +189,8 @@ def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: 
     columns, codes, cardinalities, categorical = [], [], [], []
     for name in features:
         col = frame[name]
-        if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        if (name not in forced and pd.api.types.is_numeric_dtype(col)
+                and not pd.api.types.is_bool_dtype(col)):
             values = col.to_numpy(dtype=np.float64, copy=True)
             gaps = np.isnan(values)
             if gaps.any():
