@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)  # one uploaded file
     # Any other request body (a job spec is a few KiB); larger ones get 413 before they are read.
     max_json_bytes: int = Field(default=1024**2, ge=1024)
+    # Open SSE streams (GET /v1/jobs/{id}/events/stream) per tenant in one API process; 429 beyond.
+    max_streams_per_tenant: int = Field(default=100, ge=1)
     rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
     rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes
     cors_origins: list[str] = []  # CORS stays off unless origins are listed
@@ -62,6 +64,33 @@ class Settings(BaseSettings):
     # the code inside it in the worker and the validator, so they are refused unless this is on.
     allow_torchscript: bool = False
     validator_timeout_seconds: float = Field(default=60.0, gt=0)
+    # MLflow (the `mlflow` extra): with a tracking URI every job also logs to that server, in its
+    # spec's tracking.mlflow.experiment or else in this one. Unset: a job whose spec asks for
+    # MLflow fails (code tracking_unavailable) before it trains.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = Field(default="distillery", min_length=1)
+    # Webhooks (app/webhooks): a failed delivery is retried after base * 2^(n-1) seconds (capped at
+    # max, times a random factor in [0.5, 1.5)) until the horizon since the event (or a redeliver)
+    # has passed; each attempt may take timeout seconds. Private, loopback and link-local targets
+    # are refused unless allow_private (tests use a receiver on 127.0.0.1).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_horizon_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
+    # How often a webhook worker re-sends due deliveries whose message was lost (broker restart).
+    webhook_sweep_interval_seconds: float = Field(default=30.0, gt=0)
+    # Observability. GET /metrics needs no key (Prometheus convention) unless this token is set;
+    # then it needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
+    # Each Celery worker serves its own /metrics on this port (0: off); its pool processes write
+    # to a prometheus-client multiprocess folder that the worker's main process reads.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host
+    # "json": one JSON object per log line with request_id (API) or job_id (worker); "text" is the
+    # development default.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":

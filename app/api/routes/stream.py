@@ -1,59 +1,45 @@
 """Server-sent events: a job's events as they happen, resumable with Last-Event-ID."""
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from app.api.deps import JobDep, SettingsDep
+from app.api.deps import JobDep, SessionDep, SettingsDep
 from app.api.problems import problems
-from app.config import Settings
-from app.db import session_scope
-from app.models import TERMINAL_STATUSES, Job
-from app.services.events import list_events
+from app.services.streams import EventStream, stream_registry
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"])
-POLL_SECONDS = 0.5
-KEEPALIVE_SECONDS = 15.0
 
 
-def _next_batch(settings: Settings, job_id: str, after: int) -> tuple[list[dict], bool]:
-    with session_scope(settings.resolved_database_url) as db:
-        rows, _ = list_events(db=db, job_id=job_id, after=after, limit=500)
-        status = db.get(Job, job_id).status
-        batch = [{"seq": e.seq, "kind": e.kind, "data": e.data, "created_at": e.created_at.isoformat()} for e in rows]
-    return batch, status in TERMINAL_STATUSES
+class EventStreamResponse(StreamingResponse):
+    """An SSE response that gives its stream's slot back however it ends (finished, disconnected, cancelled)."""
 
+    def __init__(self, stream: EventStream):
+        super().__init__(stream.messages(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.stream = stream
 
-async def _event_source(settings: Settings, job_id: str, after: int) -> AsyncIterator[str]:
-    yield "retry: 2000\n\n"
-    idle = 0.0
-    while True:
-        batch, ended = await run_in_threadpool(_next_batch, settings, job_id, after)
-        for event in batch:
-            after = event["seq"]
-            yield f"id: {event['seq']}\nevent: {event['kind']}\ndata: {json.dumps(event)}\n\n"
-        if ended and not batch:
-            return  # everything up to the final event has been sent
-        idle = 0.0 if batch else idle + POLL_SECONDS
-        if idle >= KEEPALIVE_SECONDS:
-            idle = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(POLL_SECONDS)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.close()  # a generator that never started would not run its own `finally`
 
 
 @router.get("/events/stream", response_class=StreamingResponse, responses={
     200: {"content": {"text/event-stream": {}}, "description": "One SSE message per event: id = seq, event = kind"},
-    **problems(401, 404, 422)})
+    **problems(401, 404, 422, 429)})
 async def stream_job_events(
-    job: JobDep, settings: SettingsDep, after: Annotated[int, Query(ge=0)] = 0,
+    job: JobDep, db: SessionDep, settings: SettingsDep, after: Annotated[int, Query(ge=0)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """Follow a job's events live; a reconnect with Last-Event-ID resumes after that event."""
+    # The session's exit code would run only when the response ends, hours later for a stream: each
+    # open stream held a pooled connection, and 15 streams used up SQLite's pool. Give it back now.
+    db.close()
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-    return StreamingResponse(_event_source(settings, job.id, start), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    stream = stream_registry().open(url=settings.resolved_database_url, tenant_id=job.tenant_id, job_id=job.id,
+                                    after=start, cap=settings.max_streams_per_tenant)
+    return EventStreamResponse(stream)
