@@ -8,10 +8,17 @@
 # Other CUDA builds: TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (and so on). The CUDA runtime
 # ships inside the torch wheels; the host needs only the NVIDIA driver and the NVIDIA Container Toolkit.
 #
+# Behind a TLS-intercepting proxy, give pip the proxy's CA bundle as a build secret (it is mounted
+# only while pip runs and never stored in a layer):
+#   docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt -t distillery .
+#
 # The source tree stays in /app (editable install): `distillery migrate` finds alembic.ini and
 # migrations/ next to the `app` package (app/cli.py: ROOT = parent of the package).
-
-FROM python:3.11-slim-bookworm
+#
+# BASE_IMAGE exists for deploy/compose-smoke.sh, whose machine reaches no image registry and builds
+# a Debian stand-in; every other build uses the default, the official Python image.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 # torch is installed first, from its own index, so the project's `torch>=2.3` is already satisfied
 # and pip never pulls a second (default PyPI) torch build.
@@ -39,12 +46,16 @@ RUN groupadd --system --gid 10001 distillery \
 WORKDIR /app
 
 # Layer 1 (largest, changes least): torch.
-RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 # Layer 2: the project's dependencies, read from pyproject.toml (rebuilt only when it changes),
 # plus Flower for the queue monitor.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
         > /tmp/requirements.txt \
     && pip install --no-cache-dir -r /tmp/requirements.txt "flower==${FLOWER_VERSION}" \
     && rm /tmp/requirements.txt \
@@ -52,7 +63,9 @@ RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))
 
 # Layer 3: the source (see .dockerignore), installed in place without touching the dependencies.
 COPY . .
-RUN pip install --no-cache-dir --no-deps -e . \
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && pip install --no-cache-dir --no-deps -e . \
     && test -f /app/alembic.ini \
     && test -d /app/migrations/versions \
     && distillery --help > /dev/null
