@@ -11,6 +11,7 @@ from app.api.body_limit import BodyLimit
 from app.api.routes import artifacts, catalog, files, health, jobs, keys, stream
 from app.config import get_settings
 from app.errors import install_error_handlers
+from app.webhooks import routes as webhooks
 
 DESCRIPTION = """Distillery trains one small multi-task student from your teachers.
 
@@ -44,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(catalog.router)
     app.include_router(keys.router)
+    app.include_router(webhooks.router)
     return app
 
 

@@ -9,6 +9,10 @@ from app.config import Settings, get_settings
 
 RUN_JOB_TASK = "distillery.run_job"
 QUEUE_NAME = "distillery"
+# Webhook deliveries have their own queue and worker (`-Q distillery.webhooks -P threads`): on the
+# job queue they would wait behind the very job whose start they announce.
+DELIVER_WEBHOOK_TASK = "distillery.deliver_webhook"
+WEBHOOK_QUEUE = "distillery.webhooks"
 
 
 def celery_config(settings: Settings) -> dict:
@@ -65,6 +69,12 @@ def get_producer(settings: Settings | None = None) -> Celery:
 def enqueue(job_id: str, *, settings: Settings | None = None) -> None:
     """Send ``run_job(job_id)``; call only after the job row is committed."""
     get_producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=QUEUE_NAME)
+
+
+def enqueue_webhook(delivery_id: str, *, countdown: float = 0.0, settings: Settings | None = None) -> None:
+    """Send ``deliver_webhook(delivery_id)``, due after ``countdown`` seconds; call after the commit."""
+    get_producer(settings).send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE,
+                                     countdown=countdown if countdown > 0 else None)
 
 
 def check_broker(settings: Settings | None = None) -> None:

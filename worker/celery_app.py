@@ -6,7 +6,7 @@ from celery.signals import worker_init, worker_ready
 from app.config import get_settings
 from app.queue import celery_config
 
-celery_app = Celery("distillery", include=["worker.tasks"])
+celery_app = Celery("distillery", include=["worker.tasks", "worker.webhooks"])
 celery_app.conf.update(celery_config(get_settings()))
 # Prefork, but a finished job's child is replaced at once rather than on a 5 s timer (worker/pool.py).
 celery_app.conf.worker_pool = "worker.pool:RecyclingTaskPool"

@@ -6,6 +6,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.models import Job, JobEvent
+from app.webhooks.outbox import on_job_event
 
 
 def add_event(*, db: Session, job_id: str, kind: str, data: dict[str, Any] | None = None) -> JobEvent:
@@ -16,6 +17,9 @@ def add_event(*, db: Session, job_id: str, kind: str, data: dict[str, Any] | Non
     ).scalar_one()
     event = JobEvent(job_id=job_id, seq=seq, kind=kind, data=data or {})
     db.add(event)
+    # Webhook deliveries join this transaction; an epoch may reach task milestones (more events).
+    for follow_kind, follow_data in on_job_event(db=db, job_id=job_id, kind=kind, data=event.data):
+        add_event(db=db, job_id=job_id, kind=follow_kind, data=follow_data)
     return event
 
 

@@ -30,6 +30,14 @@ __all__ = ["ArchSpec", "DatasetSpec", "DistillationSpec", "EarlyStoppingSpec", "
            "spec_sha256"]
 
 
+class NotifySpec(_Strict):
+    """What to announce to the tenant's webhooks besides start and end (the engine ignores it)."""
+
+    # job.task_milestone, once per task, when the student's validation metric first reaches this
+    # share of its teacher's (teacher / student for lower-is-better metrics)
+    retention: float | None = Field(default=None, gt=0, le=2, allow_inf_nan=False)
+
+
 class JobSpec(_Strict):
     """A whole distillation job (v1)."""
 
@@ -45,6 +53,7 @@ class JobSpec(_Strict):
     export: list[ExportFormat] = Field(
         default_factory=lambda: list(EXPORT_FORMATS), max_length=len(EXPORT_FORMATS))
     transfer_set: TransferSetSpec | None = None
+    notify: NotifySpec | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @field_validator("tasks")
     @classmethod
@@ -343,5 +352,3 @@ def spec_sha256(spec: JobSpec) -> str:
     """Return the sha256 hex digest of the spec's canonical JSON (defaults included)."""
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-

@@ -1,0 +1,1 @@
+"""Signed webhooks (Standard Webhooks) of job events: endpoints, the outbox, delivery with retries."""
