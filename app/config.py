@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     # the code inside it in the worker and the validator, so they are refused unless this is on.
     allow_torchscript: bool = False
     validator_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Observability. GET /metrics needs no key (Prometheus convention) unless this token is set;
+    # then it needs `Authorization: Bearer <token>`.
+    metrics_token: str | None = None
+    # Each Celery worker serves its own /metrics on this port (0: off); its pool processes write
+    # to a prometheus-client multiprocess folder that the worker's main process reads.
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host
+    # "json": one JSON object per log line with request_id (API) or job_id (worker); "text" is the
+    # development default.
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Webhooks (app/webhooks): a failed delivery is retried after base * 2^(n-1) seconds (capped at
     # max, times a random factor in [0.5, 1.5)) until the horizon since the event (or a redeliver)
     # has passed; each attempt may take timeout seconds. Private, loopback and link-local targets

@@ -9,8 +9,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.body_limit import BodyLimit
 from app.api.routes import artifacts, catalog, files, health, jobs, keys, stream
+from app.api.routes import metrics
 from app.config import get_settings
 from app.errors import install_error_handlers
+from app.observability.http import instrument, operation_id
 from app.webhooks import routes as webhooks
 
 DESCRIPTION = """Distillery trains one small multi-task student from your teachers.
@@ -30,7 +32,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     """Build the API: routers and problem+json error handlers."""
-    app = FastAPI(title="Distillery", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan)
+    app = FastAPI(title="Distillery", version="0.1.0", description=DESCRIPTION, lifespan=_lifespan,
+                  generate_unique_id_function=operation_id)
     install_error_handlers(app)
     origins = get_settings().cors_origins
     if origins:  # off unless configured
@@ -38,6 +41,7 @@ def create_app() -> FastAPI:
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Range"])
     # Outermost: an oversized or anonymous body is refused before anything reads it.
     app.add_middleware(BodyLimit, max_bytes=get_settings().max_json_bytes)
+    instrument(app, get_settings())  # request ids and metrics: outside the body limit, so its refusals count
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(artifacts.router)
@@ -45,6 +49,7 @@ def create_app() -> FastAPI:
     app.include_router(files.router)
     app.include_router(catalog.router)
     app.include_router(keys.router)
+    app.include_router(metrics.router)
     app.include_router(webhooks.router)
     return app
 

@@ -1,5 +1,6 @@
 """Celery client configuration and ``enqueue(job_id)``; the API sends tasks by name, never imports them."""
 
+import logging
 import os
 from functools import lru_cache
 
@@ -9,6 +10,7 @@ from app.config import Settings, get_settings
 
 RUN_JOB_TASK = "distillery.run_job"
 QUEUE_NAME = "distillery"
+log = logging.getLogger("distillery.queue")
 # Webhook deliveries have their own queue and worker (`-Q distillery.webhooks -P threads`): on the
 # job queue they would wait behind the very job whose start they announce.
 DELIVER_WEBHOOK_TASK = "distillery.deliver_webhook"
@@ -69,12 +71,22 @@ def get_producer(settings: Settings | None = None) -> Celery:
 def enqueue(job_id: str, *, settings: Settings | None = None) -> None:
     """Send ``run_job(job_id)``; call only after the job row is committed."""
     get_producer(settings).send_task(RUN_JOB_TASK, args=[job_id], queue=QUEUE_NAME)
+    log.info("job %s queued", job_id, extra={"job_id": job_id})
 
 
 def enqueue_webhook(delivery_id: str, *, countdown: float = 0.0, settings: Settings | None = None) -> None:
     """Send ``deliver_webhook(delivery_id)``, due after ``countdown`` seconds; call after the commit."""
     get_producer(settings).send_task(DELIVER_WEBHOOK_TASK, args=[delivery_id], queue=WEBHOOK_QUEUE,
                                      countdown=countdown if countdown > 0 else None)
+
+
+def queue_depth(settings: Settings | None = None) -> int:
+    """Return how many job messages wait in the broker (a message a worker holds is not counted)."""
+    with get_producer(settings).connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(queue=QUEUE_NAME, passive=True).message_count
+        except conn.channel_errors:  # never declared yet, or Redis dropped the emptied list
+            return 0
 
 
 def check_broker(settings: Settings | None = None) -> None:

@@ -1,11 +1,15 @@
 """The worker's Celery app: shared config from ``app.queue`` plus the tasks and the reaper."""
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready
+from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
 
 from app.config import get_settings
+from app.observability import worker_metrics
+from app.observability.logs import configure_json_logging
 from app.queue import celery_config
 
+# Before any metric exists: the pool's children write their metrics into this worker's folder.
+METRICS_DIR = worker_metrics.prepare_multiprocess_dir(get_settings())
 celery_app = Celery("distillery", include=["worker.tasks", "worker.webhooks"])
 celery_app.conf.update(celery_config(get_settings()))
 # Prefork, but a finished job's child is replaced at once rather than on a 5 s timer (worker/pool.py).
@@ -64,3 +68,22 @@ def _start_reaper(**_: object) -> None:
     from worker.reaper import start_reaper_thread
 
     start_reaper_thread(get_settings())
+
+
+@worker_init.connect
+def _start_metrics_server(**_: object) -> None:
+    if METRICS_DIR is not None:
+        worker_metrics.start_metrics_server(get_settings(), METRICS_DIR)
+
+
+@worker_shutdown.connect
+def _remove_metrics_dir(**_: object) -> None:
+    if METRICS_DIR is not None:
+        worker_metrics.remove_multiprocess_dir(METRICS_DIR)
+
+
+if get_settings().log_format == "json":
+    @setup_logging.connect
+    def _json_logs(**_: object) -> None:
+        """Celery leaves logging to us once this signal has a receiver: JSON lines with the job id."""
+        configure_json_logging(get_settings().log_level)

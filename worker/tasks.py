@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.observability import worker_metrics
+from app.observability.logs import job_context
 from app.queue import RUN_JOB_TASK, enqueue
 from app.services.artifacts import store_outputs
 from app.services.events import add_event
@@ -88,6 +90,7 @@ class DatabaseCallbacks(TrainCallbacks):
     def on_epoch_end(self, *, stage: str, epoch: int, epochs: int, progress: float, metrics: dict[str, float],
                      losses: dict[str, float], seconds: float) -> None:
         self._progress = progress
+        worker_metrics.epoch_ended(stage=stage, seconds=seconds)
         latest = {"stage": stage, "epoch": epoch, "epochs": epochs, "metrics": metrics, "losses": losses}
         self._record(stage=stage, progress=progress, metrics=latest, event_kind="epoch",
                      event_data={**latest, "progress": round(progress, 4), "seconds": round(seconds, 4)})
@@ -186,6 +189,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                        checkpoint_interval=settings.checkpoint_interval_seconds)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish("succeeded", results=result.results, artifacts=stored)
+        worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)
         shutil.rmtree(workdir, ignore_errors=True)  # the checkpoint is no longer needed
         return "succeeded"
     except TrainingCancelled:
@@ -218,4 +222,11 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
 @celery_app.task(name=RUN_JOB_TASK)
 def run_job(job_id: str) -> str:
     """Celery entry point: refetch the job by id and run it."""
-    return execute_job(job_id, settings=get_settings())
+    with job_context(job_id), worker_metrics.running_job(job_id):
+        try:
+            outcome = execute_job(job_id, settings=get_settings())
+        except BaseException:
+            worker_metrics.job_handled("error")
+            raise
+    worker_metrics.job_handled(outcome)
+    return outcome

@@ -134,3 +134,13 @@ async def dry_run_async(spec_json: dict[str, Any], *, tenant_id: str, settings: 
     except (asyncio.TimeoutError, BrokenProcessPool) as exc:
         raise _failed(pool, exc, settings) from exc
     return _outcome(result)
+
+
+def pool_state(settings: Settings) -> dict[str, int]:
+    """Return the pool's configured and alive processes and the dry runs in flight (for metrics)."""
+    with _lock:
+        pool = _pool
+    if pool is None:  # not started yet, or discarded after a failure until the next call
+        return {"configured": settings.validator_processes, "alive": 0, "busy": 0}
+    alive = sum(proc.is_alive() for proc in list((pool._processes or {}).values()))
+    return {"configured": settings.validator_processes, "alive": alive, "busy": len(pool._pending_work_items)}

@@ -10,13 +10,15 @@ from app.api.problems import problems
 from app.api.ranges import ranged_response
 from app.errors import NotFound
 from app.storage import LocalArtifactStore
+from app.result_schemas import JobResults
 from app.schemas import ArtifactOut
 from app.services import artifacts as artifact_service
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["artifacts"])
 
 
-@router.get("/results", responses=problems(401, 404, 409))
+@router.get("/results", response_model=JobResults, response_model_exclude_unset=True,
+            responses=problems(401, 404, 409))
 def get_results(job: JobDep) -> dict[str, Any]:
     """Return results.json: per task, teacher vs student vs baseline; sizes and timings."""
     return artifact_service.results_of(job=job)
@@ -35,9 +37,9 @@ _DOWNLOAD_RESPONSES = {
 
 
 @router.get("/artifacts/{name}", response_class=FileResponse, responses=_DOWNLOAD_RESPONSES,
-            operation_id="download_artifact")
+            operation_id="artifacts-download_artifact")
 @router.head("/artifacts/{name}", response_class=FileResponse, responses=_DOWNLOAD_RESPONSES,
-             operation_id="head_artifact")
+             operation_id="artifacts-head_artifact")
 def download_artifact(job: JobDep, name: str, request: Request, db: SessionDep, settings: SettingsDep) -> Response:
     """Download one artifact; supports Range / If-Range, with ETag = its sha256."""
     artifact, store = artifact_service.locate(db=db, job_id=job.id, name=name, settings=settings)

@@ -1,0 +1,14 @@
+"""Job counts by status, for the metrics scrape."""
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.models import JOB_STATUSES, Job
+
+
+def count_jobs_by_status(*, db: Session) -> dict[str, int]:
+    """Return every status with its number of jobs (0 where none), across all tenants."""
+    counts = dict.fromkeys(JOB_STATUSES, 0)
+    for status, count in db.execute(select(Job.status, func.count()).group_by(Job.status)):
+        counts[status] = count
+    return counts
