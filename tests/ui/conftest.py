@@ -6,6 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+
+from app.config import Settings
+from tests.procs import free_port, redis_server, wait_until
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -57,3 +61,27 @@ def shoot(tmp_path: Path, browser: object):
         return folders[0] / f"{name}.png"
 
     return save
+
+
+@pytest.fixture
+def broker_env(settings: Settings, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A private redis-server for the PostgreSQL run: other suites' workers share the test Redis, and one
+    of them would take this test's job message (and skip it: the job is not in its database)."""
+    if not settings.broker_url:
+        yield {}
+        return
+    port = free_port()
+    proc = redis_server(port, tmp_path / "redis.log")
+
+    def up() -> bool:
+        try:
+            return bool(redis.Redis(port=port).ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, timeout=15, interval=0.05, what="the private redis-server")
+        yield {"DISTILLERY_BROKER_URL": f"redis://127.0.0.1:{port}/0"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

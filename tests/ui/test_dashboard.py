@@ -24,7 +24,7 @@ from app.db import session_scope
 from tests.conftest import tiny_spec
 from tests.procs import api_argv, env_for, free_port, running, wait_http, worker_argv
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 XSS_NAME = "<img src=x onerror=alert(1)>"
 # Generous: the suite shares two cores with benchmarks; every wait ends as soon as its condition holds.
 UI_TIMEOUT = 60
@@ -44,12 +44,13 @@ def set_value(driver: WebDriver, css: str, value: str) -> None:
     driver.execute_script("arguments[0].value = arguments[1]", driver.find_element(By.CSS_SELECTOR, css), value)
 
 
-def test_dashboard_in_chromium(settings: Settings, tmp_path: Path, browser: WebDriver, shoot) -> None:
+def test_dashboard_in_chromium(settings: Settings, tmp_path: Path, browser: WebDriver, shoot,
+                               broker_env: dict[str, str]) -> None:
     with session_scope(settings.resolved_database_url) as db:
         key = create_api_key(db=db, tenant_name="ui")[1]
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    env = env_for(settings)
+    env = env_for(settings, **broker_env)
     with running(api_argv(port), env=env, log=tmp_path / "api.log") as api, Client(base, key) as client:
         wait_http(f"{base}/readyz", timeout=60)
         job_id = _sign_in_and_submit(browser, base, key, shoot)
