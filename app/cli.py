@@ -136,6 +136,12 @@ def worker_argv(concurrency: int = 1, loglevel: str = "INFO") -> list[str]:
             "-c", str(concurrency), "--loglevel", loglevel, "-n", f"distillery-{os.getpid()}@%h"]
 
 
+def webhook_worker_argv(loglevel: str = "INFO") -> list[str]:
+    # Deliveries wait on the network, not the CPU: threads, on their own queue (app.queue).
+    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "distillery.webhooks",
+            "-P", "threads", "-c", "8", "--loglevel", loglevel, "-n", f"distillery-webhooks-{os.getpid()}@%h"]
+
+
 @cli.command()
 def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None) -> None:
     """Serve the HTTP API (uvicorn)."""
@@ -147,9 +153,11 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
 
 @cli.command()
 def worker(concurrency: Annotated[int, typer.Option("-c", help="processes; use one per GPU")] = 1,
-           loglevel: Annotated[str, typer.Option()] = "INFO") -> None:
+           loglevel: Annotated[str, typer.Option()] = "INFO",
+           webhooks: Annotated[bool, typer.Option("--webhooks", help="deliver webhooks, not jobs")] = False) -> None:
     """Run a Celery worker that trains queued jobs (SIGTERM hands its running job back to the queue)."""
-    proc = subprocess.Popen(worker_argv(concurrency, loglevel), start_new_session=True)
+    argv = webhook_worker_argv(loglevel) if webhooks else worker_argv(concurrency, loglevel)
+    proc = subprocess.Popen(argv, start_new_session=True)
 
     def forward(signum: int, _frame: object) -> None:
         # The whole group hears it: the pool process releases its job at the next step and
@@ -166,7 +174,7 @@ def worker(concurrency: Annotated[int, typer.Option("-c", help="processes; use o
 
 @cli.command()
 def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int | None, typer.Option()] = None) -> None:
-    """Start everything on this machine: migrate, a dev API key, one worker and the API."""
+    """Start everything on this machine: migrate, a dev API key, a job worker, a webhook worker, the API."""
     import uvicorn
 
     settings = _settings()
@@ -174,7 +182,7 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
     run_migrations(settings.resolved_database_url)
     key, created = ensure_dev_key()
     host, port = host or settings.host, port or settings.port
-    worker_proc = subprocess.Popen(worker_argv(), start_new_session=True)
+    workers = [subprocess.Popen(argv, start_new_session=True) for argv in (worker_argv(), webhook_worker_argv())]
     console.print(f"[bold]Distillery[/bold] on http://{host}:{port}  (docs: http://{host}:{port}/docs)")
     console.print(f"database: {redacted(settings.resolved_database_url)}\n"
                   f"broker:   {redacted(settings.resolved_broker_url)}", highlight=False)
@@ -193,11 +201,13 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
     try:
         uvicorn.run("app.main:app", host=host, port=port)
     finally:
-        os.killpg(worker_proc.pid, signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker_proc.pid, signal.SIGKILL)
+        for worker_proc in workers:
+            os.killpg(worker_proc.pid, signal.SIGTERM)
+        for worker_proc in workers:
+            try:
+                worker_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker_proc.pid, signal.SIGKILL)
 
 
 def _console_callbacks():  # noqa: ANN202  (torch is imported only for local training)
