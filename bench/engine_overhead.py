@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.engine_overhead [--reps 3] [--threads 1] [--job digits mnist1d]
     .venv/bin/python -m bench.engine_overhead --job census-mmoe resnet-multimnist --reps 7
+    .venv/bin/python -m bench.engine_overhead --job census-ple mobilenet-multimnist --reps 7
 
 (a) runs `app.training.loop.train` in-process and takes the student stage's seconds from
 results.json "stages"; (b) runs bench/handwritten_kd.py on the same data, student architecture,
@@ -13,7 +14,8 @@ are reported beside the wall seconds: from the student stage's start to its last
 around the hand-written loop (b). The accuracy printed is the first task's, on test.
 Jobs: digits and mnist1d (mlp students); census-mmoe (an mmoe student on the whole
 census-income train split, two binary tasks) and resnet-multimnist (a resnet student on
-multimnist-5k, two 10-class tasks), not in the default list: they take minutes.
+multimnist-5k, two 10-class tasks), census-ple and mobilenet-multimnist (the same data and
+teachers with a ple and a mobilenet student), not in the default list: they take minutes.
 """
 
 import argparse
@@ -81,8 +83,16 @@ RESNET_MULTIMNIST = {  # the architectures of examples/fashion-resnet.json on 36
     "weighting": {"method": "equal"},
     "training": {"epochs": 2, "batch_size": 128, "lr": 0.002, "seed": 0, "device": "cpu"},
     "baseline": False, "export": []}
+# The same jobs with the other two new architectures as students (their own teachers unchanged):
+# a PLE of about the mmoe student's size, and a mobilenet of the resnet student's widths.
+CENSUS_PLE = {**CENSUS_MMOE, "name": "overhead-census-ple", "student": {
+    "type": "ple", "levels": 2, "shared_experts": 2, "task_experts": 1, "expert": [24, 16],
+    "head": [8]}}
+MOBILENET_MULTIMNIST = {**RESNET_MULTIMNIST, "name": "overhead-mobilenet-multimnist", "student": {
+    "type": "mobilenet", "channels": [8, 16], "blocks": [1, 1], "expansion": 4, "trunk": [32]}}
 JOBS = {"digits": DIGITS, "mnist1d": MNIST1D, "census-mmoe": CENSUS_MMOE,
-        "resnet-multimnist": RESNET_MULTIMNIST}
+        "census-ple": CENSUS_PLE, "resnet-multimnist": RESNET_MULTIMNIST,
+        "mobilenet-multimnist": MOBILENET_MULTIMNIST}
 DEFAULT_JOBS = ["digits", "mnist1d"]
 
 
