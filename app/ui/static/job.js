@@ -48,7 +48,7 @@ function resultsTable(results) {
       el("thead", {}, el("tr", {}, ["Task", "Metric", "Teacher", "Student", "Baseline"].map((h) => el("th", { text: h })))),
       el("tbody", {}, rows)),
     el("p", { className: "muted", text: `parameters: teacher ${params.teacher ?? "–"}, student ${params.student ?? "–"}`
-      + ` · test rows ${results.rows?.test ?? "–"} · ${fmtNumber(results.timing?.total_seconds)} s` }));
+      + ` · test rows ${results.rows?.test ?? "–"} · trained in ${results.timing?.total_seconds?.toFixed(1) ?? "–"} s` }));
 }
 
 function artifactList(jobId, artifacts, message) {
