@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,9 @@ import pytest
 from app.auth import create_api_key
 from app.config import Settings
 from app.db import session_scope
+from app.main import create_app
 from tests.conftest import tiny_spec
 from tests.procs import api_argv, env_for, free_port, running, wait_http, worker_argv
-
-pytestmark = pytest.mark.slow
 
 # Run in a fresh interpreter, with the generated package on its path: what a new user would write.
 USE_CLIENT = """
@@ -44,6 +44,19 @@ print(json.dumps({"job_id": job.id, "results": results.to_dict(), "student": res
 """
 
 
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_every_operation_id_is_tag_dash_name(settings: Settings) -> None:
+    operations = [(path, method, op) for path, item in create_app().openapi()["paths"].items()
+                  for method, op in item.items()]
+    ids = [op["operationId"] for _, _, op in operations]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    for path, method, op in operations:
+        assert re.fullmatch(r"[a-z]+-[a-z_]+", op["operationId"]), (path, method, op["operationId"])
+        assert op["operationId"].startswith(op["tags"][0] + "-"), (path, method)
+    assert {"jobs-create_job", "jobs-get_job", "artifacts-get_results", "metrics-get_metrics"} <= set(ids)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_generated_client_runs_a_job(settings: Settings, tmp_path: Path) -> None:
     with session_scope(settings.resolved_database_url) as db:

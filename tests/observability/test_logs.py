@@ -61,3 +61,21 @@ def test_one_job_followed_from_api_to_worker(settings: Settings, tmp_path: Path,
     mine = [r for r in worker_records if r.get("job_id") == job_id]
     assert any("claimed" in r["message"] for r in mine), worker.output()[-3000:]
     assert all(r.get("job_id") in (None, job_id) for r in worker_records)
+
+
+def test_json_lines_scrub_keys_tokens_passwords_and_signatures() -> None:
+    """A line that would carry a secret (an exception message quoting a URL, a header) loses it."""
+    import logging
+
+    from app.observability.logs import JsonFormatter
+
+    secrets = ["dk_AbCdEfGhIjKlMnOp1234", "tok-9f8e7d", "s3cret-Pa55word", "c2lnbmF0dXJl%2Bx", "AKIAEXAMPLE/2026"]
+    message = (f"key {secrets[0]} header Authorization: Bearer {secrets[1]} "
+               f"db postgresql+psycopg://postgres:{secrets[2]}@db:5432/x presigned "
+               f"https://s3.example/b/o?X-Amz-Credential={secrets[4]}&X-Amz-Signature={secrets[3]}&x=1")
+    record = logging.makeLogRecord({"name": "t", "levelname": "ERROR", "msg": "%s", "args": (message,)})
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["message"].startswith("key dk_[redacted]")
+    for secret in secrets:
+        assert secret not in line, (secret, line)
+    assert "postgresql+psycopg://postgres:[redacted]@db:5432/x" in line and "&x=1" in line
