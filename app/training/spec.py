@@ -17,16 +17,18 @@ from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EMBEDDI
                                   EXPORT_FORMATS, ExportFormat)
 from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
 from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec,
-                                        EarlyStoppingSpec, TaskKDOverride, TaskSpec, TrainingSpec,
-                                        TransferSetSpec, WeightingSpec, _error, _Strict)
+                                        EarlyStoppingSpec, MlflowTrackingSpec, TaskKDOverride,
+                                        TaskSpec, TrackingSpec, TrainingSpec, TransferSetSpec,
+                                        WeightingSpec, _error, _Strict)
 from app.training.spec_teachers import (OnnxSourceSpec, OutputsSourceSpec, TeacherSourceSpec,
                                         TeacherSpec, TorchScriptSourceSpec, TrainSourceSpec,
                                         WeightsSourceSpec)
 
 __all__ = ["ArchSpec", "DatasetSpec", "DistillationSpec", "EarlyStoppingSpec", "JobSpec",
-           "OnnxSourceSpec", "OutputsSourceSpec", "TaskKDOverride", "TaskSpec", "TeacherSourceSpec",
-           "TeacherSpec", "TorchScriptSourceSpec", "TrainSourceSpec", "TrainingSpec",
-           "TransferSetSpec", "WeightingSpec", "WeightsSourceSpec", "input_rank_problem",
+           "MlflowTrackingSpec", "OnnxSourceSpec", "OutputsSourceSpec", "TaskKDOverride",
+           "TaskSpec", "TeacherSourceSpec", "TeacherSpec", "TorchScriptSourceSpec",
+           "TrackingSpec", "TrainSourceSpec", "TrainingSpec", "TransferSetSpec", "WeightingSpec",
+           "WeightsSourceSpec", "input_rank_problem",
            "spec_sha256"]
 
 
@@ -54,6 +56,8 @@ class JobSpec(_Strict):
         default_factory=lambda: list(EXPORT_FORMATS), max_length=len(EXPORT_FORMATS))
     transfer_set: TransferSetSpec | None = None
     notify: NotifySpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    # MLflow; changes no result, and a spec without it dumps (and hashes) as before it existed.
+    tracking: TrackingSpec | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @field_validator("tasks")
     @classmethod
@@ -352,3 +356,5 @@ def spec_sha256(spec: JobSpec) -> str:
     """Return the sha256 hex digest of the spec's canonical JSON (defaults included)."""
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
