@@ -2,7 +2,8 @@
 the API's resident memory when idle (and whether torch is loaded in it).
 
     .venv/bin/python bench/api_ratio.py [--clients 50] [--seconds 20] [--rounds 3] [--backend postgres|embedded]
-                                        [--rate-limit 100000/minute]
+                                        [--rate-limit 100000/minute] [--env DISTILLERY_LOG_FORMAT=json]
+                                        [--scrape-every 15]
 
 Besides requests/s it reports each server's CPU time per request (utime + stime of the server process
 over the round / requests served): the load generator shares the cores, so req/s moves with the
@@ -19,16 +20,19 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._stack import ROOT, child_pids, rss_mib, stack  # noqa: E402
-from tests.procs import free_port  # noqa: E402
-from bench.load_status import percentile  # noqa: E402
-from tests.conftest import tiny_spec  # noqa: E402
+from bench._stack import ROOT, child_pids, rss_mib, stack
+from bench.load_status import percentile
+from tests.conftest import tiny_spec
+from tests.procs import free_port
 
 
 def cpu_seconds(pid: int) -> float:
@@ -64,6 +68,26 @@ async def hammer(url: str, headers: dict, clients: int, seconds: float) -> tuple
         return len(latencies) / (time.perf_counter() - started), latencies, errors
 
 
+@contextmanager
+def scraping(url: str, every: float) -> Iterator[None]:
+    """GET ``url`` every ``every`` seconds in a thread for the block (nothing when ``every`` is 0)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            assert httpx.get(url, timeout=30).status_code == 200
+
+    thread = threading.Thread(target=loop, daemon=True)
+    if every > 0:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if every > 0:
+            thread.join()
+
+
 def uvicorn_children(pid: int) -> list[int]:
     return child_pids(pid) or [pid]
 
@@ -76,20 +100,25 @@ def main() -> None:
     parser.add_argument("--backend", choices=["postgres", "embedded"], default="postgres")
     parser.add_argument("--rate-limit", default="", help="per-key limit for the run, e.g. 100000/minute; "
                                                          "empty (default) turns the limiter off")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra setting for the API, e.g. DISTILLERY_LOG_FORMAT=json (repeatable)")
+    parser.add_argument("--scrape-every", type=float, default=0,
+                        help="GET /metrics this often during the status rounds, as Prometheus would (0: never)")
     args = parser.parse_args()
-    env = {"DISTILLERY_RATE_LIMIT": args.rate_limit, "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000"}
+    env = {"DISTILLERY_RATE_LIMIT": args.rate_limit, "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000",
+           **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds,
-                    "rate_limit": args.rate_limit or "off"}
+                    "rate_limit": args.rate_limit or "off", "env": args.env, "scrape_every": args.scrape_every}
     with stack(backend=args.backend, worker=False, extra_env=env) as s:
         headers = {"Authorization": f"Bearer {s.key}"}
         api_pid = s.api_pid
         report["api_idle_rss_mib"] = round(rss_mib(api_pid), 1)
         report["api_has_torch_loaded"] = "torch" in Path(f"/proc/{api_pid}/maps").read_text()
-        job = httpx.post(f"{s.url}/v1/jobs", json=tiny_spec(), headers=headers).json()
+        job = httpx.post(f"{s.url}/v1/jobs", json=tiny_spec(), headers=headers, timeout=120).json()  # the validator may still be importing torch
         submit = []
         for i in range(200):
             t0 = time.perf_counter()
-            r = httpx.post(f"{s.url}/v1/jobs", json={**tiny_spec(), "name": f"p{i}"}, headers=headers)
+            r = httpx.post(f"{s.url}/v1/jobs", json={**tiny_spec(), "name": f"p{i}"}, headers=headers, timeout=120)
             submit.append(time.perf_counter() - t0)
             assert r.status_code == 201, r.text
         report["submit_p50_ms"] = round(1000 * statistics.median(submit), 1)
@@ -101,8 +130,9 @@ def main() -> None:
             time.sleep(3)
             status_rps, bare_rps, p50s, p99s, status_cpu, bare_cpu = [], [], [], [], [], []
             for _ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
-                rps, lat, errors, cpu_ms = measured(api_pid, f"{s.url}/v1/jobs/{job['id']}", headers, args.clients,
-                                                    args.seconds)
+                with scraping(f"{s.url}/metrics", args.scrape_every):
+                    rps, lat, errors, cpu_ms = measured(api_pid, f"{s.url}/v1/jobs/{job['id']}", headers,
+                                                        args.clients, args.seconds)
                 assert errors == 0
                 status_rps.append(rps)
                 status_cpu.append(cpu_ms)
