@@ -16,7 +16,7 @@ from app.training.models import build_model, count_params, output_size
 from app.training.spec import JobSpec
 from app.training.stage_data import check_input_ranks, label_mask, stratify_task
 from app.training.strategies import plan_stages, steps_per_epoch
-from app.training.teacher_targets import precomputed_rows, build_teacher
+from app.training.teacher_targets import build_teacher, precomputed_rows, read_transfer_file
 from app.training.teachers import PrecomputedTeacher
 
 BATCH_ROWS = 8
@@ -63,6 +63,10 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
     assert data.x_val is not None
     batch = data.x_train[:BATCH_ROWS]  # (batch, *input_shape)
     transfer_rows = (spec.transfer_set.generate or 0) if spec.transfer_set is not None else 0
+    if spec.transfer_set is not None and spec.transfer_set.file is not None:
+        with _blame("body.transfer_set.file"):  # its shape and, for tables, its category codes
+            transfer_rows = len(read_transfer_file(spec.transfer_set.file, input_shape=data.input_shape,
+                                                   resolver=resolver, layout=data.layout))
     labelled = label_mask(spec, len(data.x_train))
     rows = {"train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test),
             "labelled": len(data.x_train) if labelled is None else int(labelled.sum()),

@@ -64,7 +64,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     for note in data.notes:
         callbacks.on_note(message=note)
     transfer_x = load_transfer_inputs(spec, input_shape=data.input_shape, resolver=resolver,
-                                      cache_dir=cache_dir)
+                                      cache_dir=cache_dir, layout=data.layout)
     labelled = label_mask(spec, len(data.x_train))
     scales = fit_target_scales(data.y_train, spec.tasks)
     rows = {"train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test),

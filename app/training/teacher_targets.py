@@ -235,8 +235,11 @@ def _outputs_on_model_device(teacher: Teacher, x: torch.Tensor, *,
 
 
 def load_transfer_inputs(spec: JobSpec, *, input_shape: Sequence[int], resolver: FileResolver,
-                         cache_dir: Path) -> torch.Tensor | None:
-    """Return the unlabelled transfer inputs (n, *input_shape), or None without a transfer set."""
+                         cache_dir: Path, layout: TableLayout | None = None) -> torch.Tensor | None:
+    """Return the unlabelled transfer inputs (n, *input_shape), or None without a transfer set.
+
+    Under a table layout (embedding encoding) each categorical column of a file's `x` must hold
+    the dataset's own codes: whole numbers in 0..cardinality-1 (0 the unknown bucket)."""
     transfer = spec.transfer_set
     if transfer is None:
         return None
@@ -244,13 +247,19 @@ def load_transfer_inputs(spec: JobSpec, *, input_shape: Sequence[int], resolver:
         return generate_transfer_set(spec.dataset.builtin, transfer.generate, spec.training.seed,
                                      cache_dir=cache_dir / "transfer-inputs")
     assert transfer.file is not None
-    path = resolver.resolve(transfer.file)
+    return read_transfer_file(transfer.file, input_shape=input_shape, resolver=resolver, layout=layout)
+
+
+def read_transfer_file(file: str, *, input_shape: Sequence[int], resolver: FileResolver,
+                       layout: TableLayout | None) -> torch.Tensor:
+    """Return an uploaded transfer set's `x` (n, *input_shape), checked (module rules above)."""
+    path = resolver.resolve(file)
     try:
         with np.load(path, allow_pickle=False) as npz:
             x = npz["x"]
     except (ValueError, OSError, KeyError) as error:
         raise TrainingError(code="invalid_data", message=(
-            f"transfer_set.file: '{transfer.file}' must be an NPZ (no pickles) with an array "
+            f"transfer_set.file: '{file}' must be an NPZ (no pickles) with an array "
             f"'x': {error}")) from None
     if list(x.shape[1:]) != list(input_shape) or len(x) == 0:
         raise TrainingError(code="invalid_data", message=(
@@ -259,4 +268,20 @@ def load_transfer_inputs(spec: JobSpec, *, input_shape: Sequence[int], resolver:
     tensor = torch.from_numpy(x.astype(np.float32))
     if not torch.isfinite(tensor).all():
         raise TrainingError(code="invalid_data", message="transfer_set.file: 'x' has NaN or inf")
+    if layout is not None:
+        check_codes(tensor, layout)
     return tensor
+
+
+def check_codes(x: torch.Tensor, layout: TableLayout) -> None:
+    """Refuse category codes an embedding table cannot look up, naming the first bad column."""
+    for index, size in enumerate(layout.cardinalities):
+        codes = x[:, layout.numeric + index]
+        bad = (codes != codes.round()) | (codes < 0) | (codes >= size)
+        if bad.any():
+            name = layout.names[index] if index < len(layout.names) else f"categorical {index}"
+            raise TrainingError(code="invalid_data", message=(
+                f"transfer_set.file: column {layout.numeric + index} of 'x' ({name}) holds "
+                f"{codes[bad][0].item():g} (row {int(bad.nonzero()[0, 0])}); codes of this column "
+                f"are whole numbers 0..{size - 1} (0 = a category unknown to train), as "
+                "docs/spec.md's input contract says"))

@@ -13,6 +13,7 @@ import torch
 from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.datasets.splits import DatasetSplits, TableLayout, with_validation
 from app.training.datasets.uploaded import load_table_dataset
+from app.training.dry_run import DryRunError, dry_run
 from app.training.errors import TrainingError
 from app.training.export import load_student, write_onnx, write_safetensors, write_student_config
 from app.training.loop import train
@@ -223,6 +224,32 @@ def test_a_job_on_a_table_with_categorical_columns_trains_and_exports(tmp_path: 
         want = model(data.x_test)
     got = ort.InferenceSession(str(artifacts / "student.onnx")).run(None, {"x": data.x_test.numpy()})
     assert all(np.abs(g - want[n].numpy()).max() <= 1e-4 for n, g in zip(["colour", "big"], got, strict=True))
+
+
+def test_a_transfer_set_file_must_hold_the_tables_codes(tmp_path: Path, table: Path):
+    """Under the embedding encoding a transfer set's categorical columns are the dataset's codes:
+    good ones are labelled by the teacher; a code no table row has is refused before training."""
+    data = _load(table, encoding="embedding")  # city 4 codes (0..3), shop 8 (0..7)
+    good = data.x_train[:20].clone()
+    good[:5, 2] = 0  # the unknown bucket is a valid code
+    np.savez(tmp_path / "good.npz", x=good.numpy())
+    spec = _spec_dict({"file": str(table), "format": "csv", "split_column": "split"})
+    spec["transfer_set"] = {"file": str(tmp_path / "good.npz")}
+    result = train(JobSpec.model_validate(spec), tmp_path / "ok")
+    assert result.results["rows"]["transfer"] == 20
+    for column, value, shown in ((3, 8.0, "8"), (2, 1.5, "1.5"), (2, -1.0, "-1")):
+        bad = good.clone()
+        bad[7, column] = value
+        np.savez(tmp_path / "bad.npz", x=bad.numpy())
+        spec["transfer_set"] = {"file": str(tmp_path / "bad.npz")}
+        name = "shop" if column == 3 else "city"
+        with pytest.raises(TrainingError, match=rf"column {column} of 'x' \({name}\) holds {shown} \(row 7\)"):
+            train(JobSpec.model_validate(spec), tmp_path / f"bad-{column}-{shown}")
+    with pytest.raises(DryRunError, match=r"\(city\) holds -1") as refused:  # validation says it first
+        dry_run(JobSpec.model_validate(spec))
+    assert refused.value.field == "body.transfer_set.file"
+    spec["transfer_set"] = {"file": str(tmp_path / "good.npz")}
+    assert dry_run(JobSpec.model_validate(spec))["dataset"]["train_rows"] > 0
 
 
 def test_a_convolutional_student_on_category_codes_fails_with_invalid_data(tmp_path: Path, table: Path):
