@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.errors import AppError
-from app.models import TERMINAL_STATUSES, Job
+from app.models import TERMINAL_STATUSES, Job, Tenant
 from app.services.events import list_events
+from app.services.jobs import get_job
 
 log = logging.getLogger("distillery.streams")
 T = TypeVar("T")
@@ -203,6 +204,22 @@ def stream_registry() -> StreamRegistry:
     if _registry is None or _registry.loop is not asyncio.get_running_loop():
         _registry = StreamRegistry()
     return _registry
+
+
+def _find_job(*, url: str, tenant: Tenant, job_id: str) -> None:
+    with get_sessionmaker(url, autocommit=True)() as db:
+        get_job(db=db, tenant=tenant, job_id=job_id)
+
+
+async def open_event_stream(*, url: str, tenant: Tenant, job_id: str, after: int, cap: int) -> "EventStream":
+    """Open a stream on the tenant's job (NotFound for any other), TooManyStreams past ``cap``.
+
+    The lookup takes and returns its connection within one reader thread: a request that held a
+    pooled connection while it waited for a threadpool token (as the sync job dependency after the
+    key check does) deadlocked with the others once a burst of streams outnumbered the pool.
+    """
+    await _in_reader_thread(_find_job, url=url, tenant=tenant, job_id=job_id)
+    return stream_registry().open(url=url, tenant_id=tenant.id, job_id=job_id, after=after, cap=cap)
 
 
 class EventStream:

@@ -2,13 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import JobDep, SessionDep, SettingsDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.problems import problems
-from app.services.streams import EventStream, stream_registry
+from app.services.streams import EventStream, open_event_stream
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"])
 
@@ -32,14 +32,15 @@ class EventStreamResponse(StreamingResponse):
     200: {"content": {"text/event-stream": {}}, "description": "One SSE message per event: id = seq, event = kind"},
     **problems(401, 404, 422, 429)})
 async def stream_job_events(
-    job: JobDep, db: SessionDep, settings: SettingsDep, after: Annotated[int, Query(ge=0)] = 0,
+    tenant: TenantDep, db: SessionDep, settings: SettingsDep, job_id: Annotated[str, Path(max_length=64)],
+    after: Annotated[int, Query(ge=0)] = 0,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """Follow a job's events live; a reconnect with Last-Event-ID resumes after that event."""
-    # The session's exit code would run only when the response ends, hours later for a stream: each
+    # The key check's session would close only when the response ends, hours later for a stream: each
     # open stream held a pooled connection, and 15 streams used up SQLite's pool. Give it back now.
     db.close()
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
-    stream = stream_registry().open(url=settings.resolved_database_url, tenant_id=job.tenant_id, job_id=job.id,
-                                    after=start, cap=settings.max_streams_per_tenant)
+    stream = await open_event_stream(url=settings.resolved_database_url, tenant=tenant, job_id=job_id,
+                                     after=start, cap=settings.max_streams_per_tenant)
     return EventStreamResponse(stream)
