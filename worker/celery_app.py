@@ -6,7 +6,7 @@ from celery.signals import setup_logging, worker_init, worker_ready, worker_shut
 from app.config import get_settings
 from app.observability import worker_metrics
 from app.observability.logs import configure_json_logging
-from app.queue import celery_config
+from app.queue import QUEUE_NAME, celery_config
 
 # Before any metric exists: the pool's children write their metrics into this worker's folder.
 METRICS_DIR = worker_metrics.prepare_multiprocess_dir(get_settings())
@@ -17,13 +17,15 @@ celery_app.conf.worker_pool = "worker.pool:RecyclingTaskPool"
 
 
 @worker_init.connect
-def _preload_engine(**_: object) -> None:
+def _preload_engine(sender: object = None, **_: object) -> None:
     """Import the engine and every dataset loader once in the main process, before the pool forks.
 
     Each job runs in a fresh pool process (one task per child); forked children inherit these
     modules instead of importing torch, scikit-learn and pandas again for every job. CUDA is not
     touched here, so forking stays safe on GPU workers.
     """
+    if QUEUE_NAME not in sender.app.amqp.queues.consume_from:  # type: ignore[attr-defined]
+        return  # a webhook worker (-Q distillery.webhooks) trains nothing: no torch in it
     import gc
     import importlib
 
