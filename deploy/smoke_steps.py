@@ -124,10 +124,16 @@ class Stack:
 
         return wait_for(f"job {job_id} to be {'/'.join(sorted(wanted))}", tolerant, timeout)
 
-    def wait_training(self, job_id: str, timeout: float) -> dict[str, Any]:
-        """Until the job runs and has finished at least one epoch (so a checkpoint may exist)."""
-        return wait_for(f"job {job_id} to train", lambda: (j := self.job(job_id))["status"] == "running"
-                        and j["progress"] > 0 and j, timeout, interval=0.5)
+    def wait_training(self, job_id: str, timeout: float, stage: str | None = None) -> dict[str, Any]:
+        """Until the job runs and has finished at least one epoch (of `stage`, when given)."""
+        def check() -> dict[str, Any] | None:
+            job = self.job(job_id)
+            if job["status"] in {"failed", "cancelled", "succeeded"}:
+                raise StepFailed(f"job {job_id} is {job['status']} before it could be interrupted: {job.get('error')}")
+            ok = job["status"] == "running" and job["progress"] > 0 and (stage is None or job["stage"] == stage)
+            return job if ok else None
+
+        return wait_for(f"job {job_id} to train" + (f" its {stage}" if stage else ""), check, timeout, interval=0.5)
 
     def artifacts(self, job_id: str) -> dict[str, dict[str, Any]]:
         status, _, body = http("GET", f"{self.url}/v1/jobs/{job_id}/artifacts", self.key)
@@ -153,6 +159,9 @@ class Stack:
         if status != 401:
             raise StepFailed(f"a wrong key got {status}, not 401")
         say("key created in the api container; the API accepts it and refuses a wrong one")
+        # The harness gave pip the host's CA bundle as a build secret: nothing of it may be in the image.
+        compose("exec", "-T", "api", "sh", "-c", 'test ! -e /run/secrets/pip_cert && test -z "${PIP_CERT:-}"')
+        say("the build secret pip_cert left nothing in the image (no file, no PIP_CERT)")
 
     def step_train(self) -> str:
         spec = json.loads(TINY.read_text())
@@ -189,28 +198,40 @@ class Stack:
         """The tiny example with more student epochs: long enough to interrupt in the middle."""
         spec = json.loads(TINY.read_text())
         spec["name"] = name
-        spec["training"]["epochs"] = 150
+        spec["training"]["epochs"] = 40
         return spec
 
     def step_worker_stop(self) -> None:
         job_id = self.submit(self.longer_spec("smoke-worker-stop"))
-        before = self.wait_training(job_id, timeout=600)
-        say(f"job {job_id} running, progress {before['progress']:.2f}, stage {before['stage']}")
+        before = self.wait_training(job_id, timeout=600, stage="student")
+        say(f"job {job_id} running, progress {before['progress']:.3f}, stage {before['stage']}")
         t = time.monotonic()
         compose("stop", "worker", timeout=180)
         self.figures["worker_stop_s"] = round(time.monotonic() - t, 1)
         job = self.wait_status(job_id, {"queued"}, timeout=60)
         self.figures["worker_stop_to_queued_s"] = round(time.monotonic() - t, 1)
         say(f"after `stop worker` ({self.figures['worker_stop_s']} s) the job is queued again "
-            f"({self.figures['worker_stop_to_queued_s']} s after the stop began), progress {job['progress']:.2f}")
+            f"({self.figures['worker_stop_to_queued_s']} s after the stop began), progress {job['progress']:.3f}")
+        self.figures["worker_stop_progress"] = round(job["progress"], 3)
         t = time.monotonic()
         compose("start", "worker", timeout=120)
-        running = self.wait_training(job_id, timeout=300)
+        running = wait_for(f"job {job_id} to run again", lambda: (j := self.job(job_id))["status"] == "running"
+                           and j["attempt"] >= 2 and j, timeout=300, interval=0.5)
         self.figures["worker_start_to_running_s"] = round(time.monotonic() - t, 1)
+        say(f"after `start worker` the job runs again in {self.figures['worker_start_to_running_s']} s "
+            f"(attempt {running['attempt']}, resumed at progress {running['progress']:.3f})")
+        # The first epoch after the resume: from the checkpoint it is a student epoch at or past the
+        # stop's progress (one epoch of slack); a restart from scratch would train the teachers again.
+        moved = wait_for(f"job {job_id}'s first epoch after the resume",
+                         lambda: (j := self.job(job_id))["progress"] != job["progress"] and j, timeout=300, interval=0.5)
+        epoch = 1 / self.longer_spec("")["training"]["epochs"]
+        if moved["status"] != "succeeded" and (moved["stage"] != "student" or moved["progress"] < job["progress"] - epoch):
+            raise StepFailed(f"after the resume the job is at {moved['stage']} {moved['progress']:.3f}, "
+                             f"before the stop's {job['progress']:.3f}: it did not resume from its checkpoint")
+        say(f"resumed from the checkpoint: next epoch at progress {moved['progress']:.3f} ({moved['stage']})")
         done = self.wait_status(job_id, {"succeeded"}, timeout=1200)
         self.figures["worker_start_to_succeeded_s"] = round(time.monotonic() - t, 1)
-        say(f"after `start worker` the job ran again in {self.figures['worker_start_to_running_s']} s "
-            f"(attempt {running['attempt']}) and succeeded in {self.figures['worker_start_to_succeeded_s']} s")
+        say(f"job {job_id} succeeded {self.figures['worker_start_to_succeeded_s']} s after `start worker`")
         if done["attempt"] < 2:
             raise StepFailed(f"job {job_id} succeeded with attempt {done['attempt']}: it was not handed back")
         if "student.safetensors" not in self.artifacts(job_id):
@@ -218,7 +239,8 @@ class Stack:
 
     def step_postgres_restart(self, first_job: str, first_digest: str) -> None:
         job_id = self.submit(self.longer_spec("smoke-postgres-restart"))
-        self.wait_training(job_id, timeout=600)
+        before = self.wait_training(job_id, timeout=600, stage="student")
+        say(f"job {job_id} running, progress {before['progress']:.3f}, stage {before['stage']}")
         t = time.monotonic()
         compose("restart", "postgres", timeout=180)
         self.figures["postgres_restart_s"] = round(time.monotonic() - t, 1)

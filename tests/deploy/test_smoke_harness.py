@@ -21,7 +21,15 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDE = ROOT / "deploy" / "compose.smoke.yml"
-IMAGE_SERVICES = ("migrate", "api", "worker", "flower")
+
+def _image_services() -> set[str]:
+    """Services of docker-compose.yml that run the Distillery image (they build the repository)."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(re.sub(r"\$\{[^}]*\}", "x", text))["services"]
+    return {name for name, svc in services.items() if svc.get("build")}
+
+
+IMAGE_SERVICES = sorted(_image_services())
 
 
 def _dockerfile_runs() -> list[str]:
@@ -51,6 +59,9 @@ def test_ca_bundle_reaches_pip_only_as_a_build_secret() -> None:
 def test_override_only_swaps_images_build_inputs_gpu_and_ports() -> None:
     override = yaml.safe_load(OVERRIDE.read_text().replace("!reset", "").replace("!override", ""))
     services = override["services"]
+    assert {"migrate", "api", "worker", "flower"} <= set(IMAGE_SERVICES)
+    # Every service that builds the image is retagged, or `up` would build the production image
+    # (CUDA torch from the internet) for the one left out.
     assert set(services) == {"postgres", "redis", *IMAGE_SERVICES}
     for name in IMAGE_SERVICES:
         assert services[name]["image"].startswith("distillery-smoke/"), "never overwrite a user's distillery:latest"
@@ -96,6 +107,8 @@ def test_merged_smoke_configuration(tmp_path: Path) -> None:
     assert services["api"]["ports"][0]["host_ip"] == "127.0.0.1"
     # Everything else is the production file's: settings, volumes, healthchecks, start order.
     prod = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    for name in IMAGE_SERVICES:
+        assert services[name]["image"] == "distillery-smoke/distillery:latest", name
     for name in ("migrate", "api", "worker", "flower"):
         assert set(services[name]["environment"]) == set(prod["x-distillery-env"]), name
         assert services[name]["depends_on"].keys() == (prod["services"][name].get("depends_on") or
