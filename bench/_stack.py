@@ -84,7 +84,7 @@ def _redis(data_dir: Path) -> Iterator[str]:
 
 @contextmanager
 def stack(*, backend: str = "postgres", api_workers: int = 1, worker: bool = True,
-          extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+          extra_env: dict[str, str] | None = None, api_log_level: str = "warning") -> Iterator[Stack]:
     """Run migrate, an API (uvicorn) and optionally one Celery worker; stop them afterwards."""
     with tempfile.TemporaryDirectory(prefix="distillery-bench-") as tmp, ExitStack() as services:
         data_dir = Path(tmp)
@@ -100,7 +100,7 @@ def stack(*, backend: str = "postgres", api_workers: int = 1, worker: bool = Tru
                              capture_output=True, text=True).stdout.strip().splitlines()[-1]
         port = free_port()
         procs = [subprocess.Popen([sys.executable, "-m", "uvicorn", "app.main:app", "--port", str(port),
-                                   "--workers", str(api_workers), "--log-level", "warning"],
+                                   "--workers", str(api_workers), "--log-level", api_log_level],
                                   env=env, cwd=ROOT, start_new_session=True)]
         if worker:
             procs.append(subprocess.Popen(

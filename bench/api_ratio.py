@@ -3,7 +3,7 @@ the API's resident memory when idle (and whether torch is loaded in it).
 
     .venv/bin/python bench/api_ratio.py [--clients 50] [--seconds 20] [--rounds 3] [--backend postgres|embedded]
                                         [--rate-limit 100000/minute] [--env DISTILLERY_LOG_FORMAT=json]
-                                        [--scrape-every 15]
+                                        [--scrape-every 15] [--api-log-level info]
 
 Besides requests/s it reports each server's CPU time per request (utime + stime of the server process
 over the round / requests served): the load generator shares the cores, so req/s moves with the
@@ -104,12 +104,15 @@ def main() -> None:
                         help="extra setting for the API, e.g. DISTILLERY_LOG_FORMAT=json (repeatable)")
     parser.add_argument("--scrape-every", type=float, default=0,
                         help="GET /metrics this often during the status rounds, as Prometheus would (0: never)")
+    parser.add_argument("--api-log-level", default="warning",
+                        help="uvicorn's --log-level for the API; info writes an access line per request")
     args = parser.parse_args()
     env = {"DISTILLERY_RATE_LIMIT": args.rate_limit, "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000",
            **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds,
-                    "rate_limit": args.rate_limit or "off", "env": args.env, "scrape_every": args.scrape_every}
-    with stack(backend=args.backend, worker=False, extra_env=env) as s:
+                    "rate_limit": args.rate_limit or "off", "env": args.env, "scrape_every": args.scrape_every,
+                    "api_log_level": args.api_log_level}
+    with stack(backend=args.backend, worker=False, extra_env=env, api_log_level=args.api_log_level) as s:
         headers = {"Authorization": f"Bearer {s.key}"}
         api_pid = s.api_pid
         report["api_idle_rss_mib"] = round(rss_mib(api_pid), 1)
@@ -125,7 +128,7 @@ def main() -> None:
         report["submit_p99_ms"] = round(1000 * percentile(submit, 0.99), 1)
         port = free_port()
         bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--port", str(port),
-                                 "--log-level", "warning"], cwd=ROOT, start_new_session=True, env=s.env)
+                                 "--log-level", args.api_log_level], cwd=ROOT, start_new_session=True, env=s.env)
         try:
             time.sleep(3)
             status_rps, bare_rps, p50s, p99s, status_cpu, bare_cpu = [], [], [], [], [], []
