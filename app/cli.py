@@ -250,6 +250,7 @@ def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
         torch.set_num_threads(threads)
 
     from app.training.loop import train as run_training
+    from app.training.mlflow_tracking import tracked
     from app.training.spec import JobSpec
 
     try:
@@ -257,9 +258,11 @@ def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
     except ValidationError as exc:
         console.print(f"[red]invalid spec[/red]\n{exc}")
         raise typer.Exit(2) from exc
-    workdir = out / ".work"
-    result = run_training(spec, workdir, callbacks=_console_callbacks(),
-                          checkpoint_interval=_settings().checkpoint_interval_seconds)
+    workdir, settings = out / ".work", _settings()
+    with tracked(spec, _console_callbacks(), tracking_uri=settings.mlflow_tracking_uri, workdir=workdir,
+                 default_experiment=settings.mlflow_experiment, job_id=None) as callbacks:
+        result = run_training(spec, workdir, callbacks=callbacks,
+                              checkpoint_interval=settings.checkpoint_interval_seconds)
     out.mkdir(parents=True, exist_ok=True)
     for path in result.artifacts:
         shutil.copyfile(path, out / path.name)

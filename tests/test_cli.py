@@ -29,7 +29,8 @@ def test_train_runs_a_spec_without_a_server(tmp_path: Path) -> None:
     done = _run(["train", str(spec), "--out", str(tmp_path / "out")], {}, tmp_path)
     assert done.returncode == 0, done.stderr
     names = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"student.safetensors", "student.json", "student.onnx", "results.json", "metrics.csv"} <= names
+    assert {"student.safetensors", "student.json", "student.onnx", "results.json", "metrics.csv",
+            "tensorboard.zip"} <= names
     assert "teacher vs student vs baseline" in done.stdout
 
 

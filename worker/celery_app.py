@@ -51,10 +51,12 @@ def _preload_engine(sender: object = None, **_: object) -> None:
 # otherwise import again in every fresh child. Measured in a child after the imports above
 # (2-core CPU): torch._dynamo 1.0 s (the first torch.optim optimizer imports it),
 # sklearn.datasets 0.9 s (digits-mt, penguins, yeast), matplotlib's pyplot and font list (report.png),
-# cffi 0.05 s (Celery's child initializer sets the parent-death signal through it). Not onnxruntime:
+# cffi 0.05 s (Celery's child initializer sets the parent-death signal through it), tensorboardX
+# 0.57 s under load (tensorboard.zip's writer, imported at a job's first epoch end). Not onnxruntime:
 # imported before fork, a child that later exits hangs in its thread-pool destructor.
 PRELOADED_MODULES = (
     "cffi",
+    "tensorboardX",
     "torch._dynamo",
     "sklearn.datasets",
     "sklearn.model_selection",

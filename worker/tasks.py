@@ -1,6 +1,5 @@
 """``run_job(job_id)``: claim the job, train it through ``app.training`` with DB callbacks, finalise."""
 
-import contextlib
 import logging
 import os
 import shutil
@@ -145,9 +144,8 @@ def _worker_shutting_down() -> bool:
 
 def execute_job(job_id: str, *, settings: Settings) -> str:
     """Run one job to an end state (or back to the queue); return what happened."""
-    from app.training.callbacks import CallbackChain
     from app.training.loop import TrainingCancelled, TrainingError, train
-    from app.training.mlflow_tracking import mlflow_tracker
+    from app.training.mlflow_tracking import tracked
     from app.training.spec import JobSpec
 
     if settings.torch_threads:
@@ -184,12 +182,10 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
     workdir = settings.work_dir / job_id
     try:
         spec = JobSpec.model_validate(job.spec)
-        callbacks = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
-        tracker = mlflow_tracker(spec, tracking_uri=settings.mlflow_tracking_uri, workdir=workdir,
-                                 default_experiment=settings.mlflow_experiment, job_id=job_id)
-        with tracker or contextlib.nullcontext():  # an MLflow run ends with the job's outcome
-            result = train(spec, workdir, job_id=job_id,
-                           callbacks=CallbackChain(callbacks, tracker) if tracker else callbacks,
+        database = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
+        with tracked(spec, database, tracking_uri=settings.mlflow_tracking_uri, workdir=workdir,
+                     default_experiment=settings.mlflow_experiment, job_id=job_id) as callbacks:
+            result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
                            cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
                            resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id),
                            allow_torchscript=settings.allow_torchscript,

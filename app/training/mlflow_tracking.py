@@ -8,14 +8,16 @@ logs to MLflow. Metric keys are `<run>/<tag>` with the TensorBoard run and tag n
 are `<teacher|student|baseline>/test/<task>.<metric>` at step 0.
 """
 
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from app.training.callbacks import TrainCallbacks
+from app.training.callbacks import CallbackChain, TrainCallbacks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import PRIMARY_METRICS
 from app.training.spec import JobSpec
@@ -172,3 +174,17 @@ def mlflow_tracker(spec: JobSpec, *, tracking_uri: str | None, default_experimen
             "(pip install 'distillery[mlflow]')")) from exc
     return MlflowTracker(tracking_uri=tracking_uri, spec=spec, workdir=workdir, job_id=job_id,
                          experiment=wanted.experiment if wanted else default_experiment)
+
+
+@contextlib.contextmanager
+def tracked(spec: JobSpec, callbacks: TrainCallbacks, *, tracking_uri: str | None,
+            default_experiment: str, workdir: Path, job_id: str | None) -> Iterator[TrainCallbacks]:
+    """Yield the callbacks to train with: `callbacks`, plus the MLflow tracker when the job logs
+    to MLflow (see mlflow_tracker), whose run then ends with the block's outcome."""
+    tracker = mlflow_tracker(spec, tracking_uri=tracking_uri, default_experiment=default_experiment,
+                             workdir=workdir, job_id=job_id)
+    if tracker is None:
+        yield callbacks
+        return
+    with tracker:
+        yield CallbackChain(callbacks, tracker)

@@ -2,7 +2,9 @@
 read back through the MLflow client. Skipped only where the mlflow extra is not installed."""
 
 import hashlib
+import json
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -121,3 +123,25 @@ def test_a_crashed_run_is_failed_and_the_resumed_job_finishes_the_same_run(
     assert run.info.run_id == run_id and run.info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(run_id, "baseline/loss/total")]
     assert sorted(steps) == list(range(1, spec.training.epochs + 1))
+
+
+def test_distillery_train_logs_to_the_server_in_the_setting(mlflow_uri: str, tmp_path: Path):
+    """`distillery train` (no server of ours) with DISTILLERY_MLFLOW_TRACKING_URI set."""
+    experiment = f"cli-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps(tiny_spec()))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISTILLERY_")}
+    env.update({"DISTILLERY_MLFLOW_TRACKING_URI": mlflow_uri, "DISTILLERY_MLFLOW_EXPERIMENT": experiment})
+    done = subprocess.run([sys.executable, "-m", "app.cli", "train", str(spec), "--out", str(tmp_path / "out"),
+                           "--threads", "1"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=mlflow_uri)
+    [run] = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-digits"
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert run.data.metrics["student/test/digit.accuracy"] == pytest.approx(
+        results["tasks"]["digit"]["student"])
+    listed = {item.path for item in client.list_artifacts(run.info.run_id)}
+    written = {p.name for p in (tmp_path / "out").iterdir() if p.is_file()}
+    assert "tensorboard.zip" in written and written - listed == set(), written - listed
