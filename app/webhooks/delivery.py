@@ -121,10 +121,13 @@ def attempt_delivery(*, db: Session, delivery_id: str, settings: Settings) -> st
     else:
         values.update(next_attempt_at=finished + timedelta(seconds=delay))
         result = "retry"
+    recorded = db.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values),
+                          execution_options=_NO_SYNC).rowcount
+    if not recorded:  # the endpoint (and so this delivery) was deleted during the attempt
+        db.rollback()
+        return "gone"
     db.add(WebhookAttempt(delivery_id=delivery_id, started_at=started, finished_at=finished,
                           status_code=outcome.status_code, error=outcome.error))
-    db.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values),
-               execution_options=_NO_SYNC)
     db.commit()
     if result == "retry":
         try:

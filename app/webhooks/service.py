@@ -81,7 +81,8 @@ def redeliver(*, db: Session, endpoint: WebhookEndpoint, delivery_id: str, setti
         raise NotFound(f"delivery {delivery_id} not found")
     now = utcnow()
     db.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery.id)
-               .values(status="pending", next_attempt_at=now, lease_until=None,
+               # An attempt in flight keeps its lease (no second concurrent call); its outcome wins.
+               .values(status="pending", next_attempt_at=now,
                        expires_at=now + timedelta(seconds=settings.webhook_retry_horizon_seconds)),
                execution_options={"synchronize_session": False})
     send_after_commit(db, [delivery.id])
