@@ -124,16 +124,51 @@ class Stack:
 
         return wait_for(f"job {job_id} to be {'/'.join(sorted(wanted))}", tolerant, timeout)
 
-    def wait_training(self, job_id: str, timeout: float, stage: str | None = None) -> dict[str, Any]:
-        """Until the job runs and has finished at least one epoch (of `stage`, when given)."""
+    def wait_training(self, job_id: str, timeout: float, student_epochs: int = 3) -> dict[str, Any]:
+        """Until the job runs its student stage and has finished `student_epochs` epochs of it."""
         def check() -> dict[str, Any] | None:
             job = self.job(job_id)
             if job["status"] in {"failed", "cancelled", "succeeded"}:
                 raise StepFailed(f"job {job_id} is {job['status']} before it could be interrupted: {job.get('error')}")
-            ok = job["status"] == "running" and job["progress"] > 0 and (stage is None or job["stage"] == stage)
+            latest = job.get("metrics") or {}
+            ok = (job["status"] == "running" and latest.get("stage") == "student"
+                  and latest.get("epoch", 0) >= student_epochs)
             return job if ok else None
 
-        return wait_for(f"job {job_id} to train" + (f" its {stage}" if stage else ""), check, timeout, interval=0.5)
+        return wait_for(f"job {job_id} to train {student_epochs} student epochs", check, timeout, interval=0.5)
+
+    def events(self, job_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        while True:
+            after = out[-1]["seq"] if out else 0
+            status, _, body = http("GET", f"{self.url}/v1/jobs/{job_id}/events?after={after}&limit=1000", self.key)
+            if status != 200:
+                raise StepFailed(f"GET events of {job_id} -> {status}: {body[:300]!r}")
+            page = json.loads(body)
+            out += page["data"]
+            if not page["has_more"]:
+                return out
+
+    def check_resumed(self, job_id: str) -> int:
+        """From the job's events: after the `requeued` event no teacher trained again and the student
+        went on from its checkpoint. Returns how many student epochs were trained twice."""
+        events = self.events(job_id)
+        kinds = [e["kind"] for e in events]
+        if "requeued" not in kinds:
+            raise StepFailed(f"job {job_id} has no `requeued` event: {kinds}")
+        cut = kinds.index("requeued")
+        before = [e["data"] for e in events[:cut] if e["kind"] == "epoch" and e["data"].get("stage") == "student"]
+        after = [e["data"] for e in events[cut:] if e["kind"] == "epoch"]
+        if not before or not after:
+            raise StepFailed(f"job {job_id}: student epochs before the stop {len(before)}, epochs after {len(after)}")
+        retrained = sorted({d["stage"] for d in after if d["stage"].startswith("teacher")})
+        if retrained:
+            raise StepFailed(f"job {job_id}: after the resume it trained {retrained} again (no checkpoint used)")
+        last, first = before[-1]["epoch"], after[0]["epoch"]
+        if after[0]["stage"] != "student" or first > last + 1 or first < last:
+            raise StepFailed(f"job {job_id}: stopped after student epoch {last}, resumed at "
+                             f"{after[0]['stage']} epoch {first}")
+        return last + 1 - first
 
     def artifacts(self, job_id: str) -> dict[str, dict[str, Any]]:
         status, _, body = http("GET", f"{self.url}/v1/jobs/{job_id}/artifacts", self.key)
@@ -203,8 +238,8 @@ class Stack:
 
     def step_worker_stop(self) -> None:
         job_id = self.submit(self.longer_spec("smoke-worker-stop"))
-        before = self.wait_training(job_id, timeout=600, stage="student")
-        say(f"job {job_id} running, progress {before['progress']:.3f}, stage {before['stage']}")
+        before = self.wait_training(job_id, timeout=600)
+        say(f"job {job_id} running, student epoch {before['metrics']['epoch']}, progress {before['progress']:.3f}")
         t = time.monotonic()
         compose("stop", "worker", timeout=180)
         self.figures["worker_stop_s"] = round(time.monotonic() - t, 1)
@@ -212,35 +247,26 @@ class Stack:
         self.figures["worker_stop_to_queued_s"] = round(time.monotonic() - t, 1)
         say(f"after `stop worker` ({self.figures['worker_stop_s']} s) the job is queued again "
             f"({self.figures['worker_stop_to_queued_s']} s after the stop began), progress {job['progress']:.3f}")
-        self.figures["worker_stop_progress"] = round(job["progress"], 3)
         t = time.monotonic()
         compose("start", "worker", timeout=120)
-        running = wait_for(f"job {job_id} to run again", lambda: (j := self.job(job_id))["status"] == "running"
+        running = wait_for(f"job {job_id} to run again", lambda: (j := self.job(job_id))["status"] != "queued"
                            and j["attempt"] >= 2 and j, timeout=300, interval=0.5)
         self.figures["worker_start_to_running_s"] = round(time.monotonic() - t, 1)
         say(f"after `start worker` the job runs again in {self.figures['worker_start_to_running_s']} s "
-            f"(attempt {running['attempt']}, resumed at progress {running['progress']:.3f})")
-        # The first epoch after the resume: from the checkpoint it is a student epoch at or past the
-        # stop's progress (one epoch of slack); a restart from scratch would train the teachers again.
-        moved = wait_for(f"job {job_id}'s first epoch after the resume",
-                         lambda: (j := self.job(job_id))["progress"] != job["progress"] and j, timeout=300, interval=0.5)
-        epoch = 1 / self.longer_spec("")["training"]["epochs"]
-        if moved["status"] != "succeeded" and (moved["stage"] != "student" or moved["progress"] < job["progress"] - epoch):
-            raise StepFailed(f"after the resume the job is at {moved['stage']} {moved['progress']:.3f}, "
-                             f"before the stop's {job['progress']:.3f}: it did not resume from its checkpoint")
-        say(f"resumed from the checkpoint: next epoch at progress {moved['progress']:.3f} ({moved['stage']})")
+            f"(attempt {running['attempt']})")
         done = self.wait_status(job_id, {"succeeded"}, timeout=1200)
         self.figures["worker_start_to_succeeded_s"] = round(time.monotonic() - t, 1)
-        say(f"job {job_id} succeeded {self.figures['worker_start_to_succeeded_s']} s after `start worker`")
-        if done["attempt"] < 2:
-            raise StepFailed(f"job {job_id} succeeded with attempt {done['attempt']}: it was not handed back")
+        self.figures["worker_stop_epochs_repeated"] = self.check_resumed(job_id)
+        say(f"job {job_id} succeeded {self.figures['worker_start_to_succeeded_s']} s after `start worker` "
+            f"(attempt {done['attempt']}); its events show no teacher retrained and "
+            f"{self.figures['worker_stop_epochs_repeated']} student epoch(s) trained twice")
         if "student.safetensors" not in self.artifacts(job_id):
             raise StepFailed(f"job {job_id} succeeded without a student.safetensors")
 
     def step_postgres_restart(self, first_job: str, first_digest: str) -> None:
         job_id = self.submit(self.longer_spec("smoke-postgres-restart"))
-        before = self.wait_training(job_id, timeout=600, stage="student")
-        say(f"job {job_id} running, progress {before['progress']:.3f}, stage {before['stage']}")
+        before = self.wait_training(job_id, timeout=600)
+        say(f"job {job_id} running, student epoch {before['metrics']['epoch']}, progress {before['progress']:.3f}")
         t = time.monotonic()
         compose("restart", "postgres", timeout=180)
         self.figures["postgres_restart_s"] = round(time.monotonic() - t, 1)
