@@ -1,21 +1,24 @@
-"""Live job events for SSE streams: one poller per job, fanned out in-process to each open stream.
+"""Live job events for SSE streams: each followed job read once per round, fanned out in-process to its streams.
 
-Before, every open stream polled the database twice a second through the request threadpool; 200
-streams on one job left 7 of 20 status requests unanswered after 20 s. Now a job has one
-``JobFeed`` however many streams follow it: its poller reads one row (status, last event number)
-every ``POLL_SECONDS``, reads new events only when that number moved, renders each SSE message once
-and hands it to every stream of the job. The poller stops when the job's last stream closes or
-after the job's final event. Its reads run on a few threads of their own, so streams never take the
-threads that requests wait for. A stream that falls far behind, or joins with an older
-``Last-Event-ID``, catches up from the database by itself, then takes the shared feed again.
+Before, every open stream polled the database twice a second through the request threadpool (and
+held a pooled connection for its whole life); 200 streams on one job left 7 of 20 status requests
+unanswered after 20 s. Now a job has one ``JobFeed`` however many streams follow it, and one poller
+per API process reads all followed jobs every ``POLL_SECONDS``: one query for their rows (status,
+last event number), then the new events of the jobs whose number moved. Each event is rendered as
+an SSE message once and handed to every stream of its job through an in-memory queue. A job stops
+being read when its last stream closes or its final event is out; the poller stops when no job is
+followed. Its reads run on a few threads of their own, never on the request threadpool. A stream
+that falls far behind, or joins with an older ``Last-Event-ID``, catches up from the database by
+itself, then takes the shared feed again.
 
-PostgreSQL LISTEN/NOTIFY or Redis pub/sub would save the idle polls, but the events are written by
-the worker and the lifecycle code through ``add_event``; one indexed row read per job per half
-second measured cheap enough on both deployments (docs/PERFORMANCE.md), and works the same on
-embedded SQLite. Counts and feeds are per API process.
+PostgreSQL LISTEN/NOTIFY or Redis pub/sub would save the idle rounds, but events are written by
+the worker and the lifecycle code through ``add_event`` (another owner), and one indexed read of the
+followed jobs per half second measured cheap on both deployments (docs/PERFORMANCE.md), and works the
+same on embedded SQLite. Feeds and the per-tenant count of open streams are per API process.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections import deque
@@ -69,21 +72,29 @@ def read_events(*, url: str, job_id: str, after: int) -> list[tuple[int, str]]:
         return _rendered(db, job_id, after, BATCH)
 
 
-def read_new_events(*, url: str, job_id: str, after: int) -> tuple[list[tuple[int, str]], int, bool]:
-    """Return one batch of events after ``after``, the job's last seq, and whether it ended with no more to read.
+def read_new_events(*, url: str, positions: dict[str, int]) -> dict[str, tuple[list[tuple[int, str]], int, bool]]:
+    """For each job -> last seq published, return one batch of newer events, its last seq, and whether it ended.
 
-    The job row is read first and the events only when its event counter moved (an idle job costs one
-    primary-key read). The final event is written in the same transaction as the terminal status, so
-    a job seen ended has all its events committed. A deleted job counts as ended.
+    One query reads every followed job's row; events are read only for jobs whose counter moved, so
+    idle jobs cost nothing more. The final event is written in the same transaction as the terminal
+    status, so a job seen ended has all its events committed. A deleted job counts as ended.
     """
+    out = {}
     with get_sessionmaker(url, autocommit=True)() as db:
-        row = db.execute(select(Job.status, Job.event_seq).where(Job.id == job_id)).one_or_none()
-        if row is None:
-            return [], after, True
-        status, last_seq = row
-        events = _rendered(db, job_id, after, BATCH) if last_seq > after else []
-    newest = events[-1][0] if events else after
-    return events, last_seq, status in TERMINAL_STATUSES and newest >= last_seq
+        ids = list(positions)
+        rows: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(ids), BATCH):  # stay far below any database's bound-parameter limit
+            query = select(Job.id, Job.status, Job.event_seq).where(Job.id.in_(ids[i:i + BATCH]))
+            rows.update({job_id: (status, seq) for job_id, status, seq in db.execute(query)})
+        for job_id, after in positions.items():
+            if job_id not in rows:
+                out[job_id] = ([], after, True)
+                continue
+            status, last_seq = rows[job_id]
+            events = _rendered(db, job_id, after, BATCH) if last_seq > after else []
+            newest = events[-1][0] if events else after
+            out[job_id] = (events, last_seq, status in TERMINAL_STATUSES and newest >= last_seq)
+    return out
 
 
 async def _in_reader_thread(fn: Callable[..., T], **kwargs: object) -> T:
@@ -117,55 +128,43 @@ class Subscription:
 
 
 class JobFeed:
-    """The one poller of a job, publishing each new event to every subscription of that job."""
+    """A followed job: what has been published so far, and the subscriptions it goes to."""
 
-    def __init__(self, *, url: str, job_id: str, after: int, on_done: Callable[["JobFeed"], None]):
+    def __init__(self, *, url: str, job_id: str, after: int):
         self.url, self.job_id = url, job_id
         self.published = after  # last seq handed to the subscriptions
         self.subscriptions: set[Subscription] = set()
-        self.ended = False
-        self._on_done = on_done
-        self.task = asyncio.get_running_loop().create_task(self._poll(), name=f"event-feed-{job_id}")
 
-    async def _poll(self) -> None:
-        failures = 0
-        try:
-            while True:
-                try:
-                    events, last_seq, ended = await _in_reader_thread(
-                        read_new_events, url=self.url, job_id=self.job_id, after=self.published)
-                    failures = 0
-                except Exception:  # the database is away: keep the streams open, try again later
-                    failures += 1
-                    log.warning("event feed of %s: read failed (%d in a row)", self.job_id, failures, exc_info=True)
-                    await asyncio.sleep(min(10.0, POLL_SECONDS * 2 ** failures))
-                    continue
-                # A stream that started past the job's last event (a stale Last-Event-ID) must not
-                # hold the feed there, or streams joining later would wait for numbers never written.
-                self.published = min(self.published, last_seq)
-                for seq, message in events:
-                    self.published = seq
-                    for sub in self.subscriptions:
-                        sub.push(seq, message)
-                if ended:
-                    self.ended = True
-                    for sub in self.subscriptions:
-                        sub.end()
-                    return
-                if len(events) < BATCH:  # a full batch means more are waiting: read on at once
-                    await asyncio.sleep(POLL_SECONDS)
-        finally:
-            self._on_done(self)
+    def publish(self, events: list[tuple[int, str]], last_seq: int, ended: bool) -> None:
+        # A stream that started past the job's last event (a stale Last-Event-ID) must not hold the
+        # feed there, or streams joining later would wait for numbers never written.
+        self.published = min(self.published, last_seq)
+        for seq, message in events:
+            self.published = seq
+            for sub in self.subscriptions:
+                sub.push(seq, message)
+        if ended:
+            for sub in self.subscriptions:
+                sub.end()
 
 
 class StreamRegistry:
-    """The feeds of one API process (one event loop) and its open streams per tenant."""
+    """The followed jobs of one API process (one event loop), its open streams per tenant, and the poller.
+
+    One poller task reads every followed job per round (one query for their rows, one per job with new
+    events) and runs only while some job is followed; a job leaves the round when its last stream
+    closes or its final event is out. A per-job task measured worse: 50 of them woke together twice a
+    second, and their 100 reads/s (each a session and a query under the GIL) put 1.2 s on the p99 of
+    status requests (docs/PERFORMANCE.md).
+    """
 
     def __init__(self, *, max_pending: int = MAX_PENDING) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_pending = max_pending
         self.feeds: dict[str, JobFeed] = {}
         self.open_per_tenant: dict[str, int] = {}
+        self.poller: asyncio.Task[None] | None = None
+        self._new_feed = asyncio.Event()  # a new job to follow: read it now, not at the next round
 
     def open(self, *, url: str, tenant_id: str, job_id: str, after: int, cap: int) -> "EventStream":
         """Start following a job after event ``after``; TooManyStreams past the tenant's cap."""
@@ -174,8 +173,11 @@ class StreamRegistry:
                                  "close one or retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         self.open_per_tenant[tenant_id] = self.open_per_tenant.get(tenant_id, 0) + 1
         feed = self.feeds.get(job_id)
-        if feed is None:  # the first stream of this job starts its poller where that stream starts
-            feed = self.feeds[job_id] = JobFeed(url=url, job_id=job_id, after=after, on_done=self._feed_done)
+        if feed is None:  # the first stream of this job: the feed starts where that stream starts
+            feed = self.feeds[job_id] = JobFeed(url=url, job_id=job_id, after=after)
+            self._new_feed.set()
+            if self.poller is None:
+                self.poller = self.loop.create_task(self._poll(), name="event-feeds")
         sub = Subscription(after, self.max_pending)
         feed.subscriptions.add(sub)
         return EventStream(registry=self, feed=feed, sub=sub, tenant_id=tenant_id)
@@ -186,13 +188,45 @@ class StreamRegistry:
             del self.open_per_tenant[stream.tenant_id]
         feed = stream.feed
         feed.subscriptions.discard(stream.sub)
-        if not feed.subscriptions:
-            feed.task.cancel()  # its last stream left: stop polling (a read in flight finishes unseen)
-            self._feed_done(feed)
+        if not feed.subscriptions and self.feeds.get(feed.job_id) is feed:
+            del self.feeds[feed.job_id]  # its last stream left: no more reads for this job
+        if not self.feeds and self.poller is not None:
+            self.poller.cancel()  # nothing left to follow (a read in flight finishes unseen)
+            self.poller = None
 
-    def _feed_done(self, feed: JobFeed) -> None:
-        if self.feeds.get(feed.job_id) is feed:
-            del self.feeds[feed.job_id]
+    async def _poll(self) -> None:
+        failures = 0
+        try:
+            while self.feeds:
+                self._new_feed.clear()
+                feeds = list(self.feeds.values())
+                try:
+                    reads = {}
+                    for url in {f.url for f in feeds}:
+                        positions = {f.job_id: f.published for f in feeds if f.url == url}
+                        reads[url] = await _in_reader_thread(read_new_events, url=url, positions=positions)
+                    failures = 0
+                except Exception:  # the database is away: keep the streams open, try again later
+                    failures += 1
+                    log.warning("event feeds: read failed (%d in a row)", failures, exc_info=True)
+                    await asyncio.sleep(min(10.0, POLL_SECONDS * 2 ** failures))
+                    continue
+                more = False
+                for feed in feeds:
+                    if self.feeds.get(feed.job_id) is not feed:
+                        continue  # its last stream closed during the read
+                    events, last_seq, ended = reads[feed.url][feed.job_id]
+                    feed.publish(events, last_seq, ended)
+                    if ended:
+                        del self.feeds[feed.job_id]
+                    more = more or len(events) == BATCH
+                if not more:  # a full batch means more are waiting: read on at once
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(POLL_SECONDS):
+                            await self._new_feed.wait()
+        finally:
+            if self.poller is asyncio.current_task():
+                self.poller = None
 
 
 _registry: StreamRegistry | None = None

@@ -1,4 +1,4 @@
-"""The stream service on a real database: one feed per job that stops with its last stream, and a
+"""The stream service on a real database: one feed per job, read until its last stream closes, and a
 stream that falls behind catches up from the database without losing or repeating an event."""
 
 import asyncio
@@ -48,27 +48,32 @@ def _seq(message: str) -> int:
     return int(message.split("\n", 1)[0].removeprefix("id: "))
 
 
-def test_one_feed_per_job_stops_with_its_last_stream(settings: Settings) -> None:
+def test_one_feed_per_job_read_until_its_last_stream_closes(settings: Settings) -> None:
     tenant_id, job_id = _queued_job(settings)
+    _, other_job = _queued_job(settings)
     url = settings.resolved_database_url
 
     async def scenario() -> None:
         registry = StreamRegistry()
-        streams = [registry.open(url=url, tenant_id=tenant_id, job_id=job_id, after=0, cap=3) for _ in range(3)]
-        assert list(registry.feeds) == [job_id] and registry.open_per_tenant == {tenant_id: 3}
-        feed = registry.feeds[job_id]
-        iterators = [s.messages() for s in streams]
+        streams = [registry.open(url=url, tenant_id=tenant_id, job_id=job_id, after=0, cap=4) for _ in range(3)]
+        other = registry.open(url=url, tenant_id=tenant_id, job_id=other_job, after=0, cap=4)
+        assert set(registry.feeds) == {job_id, other_job} and registry.open_per_tenant == {tenant_id: 4}
+        feed, poller = registry.feeds[job_id], registry.poller
+        assert poller is not None
+        iterators = [s.messages() for s in [*streams, other]]
         for it in iterators:
             assert await anext(it) == RETRY_MESSAGE
             assert _seq(await _next_event(it)) == 1
-        await iterators[0].aclose()  # a client leaves: the feed keeps polling for the other two
-        assert registry.feeds == {job_id: feed} and not feed.task.done()
-        assert registry.open_per_tenant == {tenant_id: 2}
-        for it in iterators[1:]:
+        await iterators[0].aclose()  # a client leaves: the job stays followed for the other two
+        assert registry.feeds[job_id] is feed and not poller.done()
+        assert registry.open_per_tenant == {tenant_id: 3}
+        for it in iterators[1:3]:
             await it.aclose()
-        assert registry.feeds == {} and registry.open_per_tenant == {}
+        assert list(registry.feeds) == [other_job] and not poller.done()  # the job left the round
+        await iterators[3].aclose()
+        assert registry.feeds == {} and registry.open_per_tenant == {} and registry.poller is None
         await asyncio.sleep(0)
-        assert feed.task.cancelled()
+        assert poller.cancelled()  # nothing followed: nothing polls
 
     asyncio.run(scenario())
 
