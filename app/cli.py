@@ -211,7 +211,7 @@ def up(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int |
 
 
 def _console_callbacks():  # noqa: ANN202  (torch is imported only for local training)
-    from app.training.callbacks import TrainCallbacks
+    from app.training import TrainCallbacks
 
     class ConsoleCallbacks(TrainCallbacks):
         """Print stage starts and epochs of a local `distillery train` run."""
@@ -249,9 +249,8 @@ def train(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
 
         torch.set_num_threads(threads)
 
-    from app.training.loop import train as run_training
-    from app.training.mlflow_tracking import tracked
-    from app.training.spec import JobSpec
+    from app.training import JobSpec, tracked
+    from app.training import train as run_training
 
     try:
         spec = JobSpec.model_validate(_load_spec_file(spec_path))

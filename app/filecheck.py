@@ -113,8 +113,7 @@ def _is_image_zip(path: Path, filename: str) -> bool:
 
 def _check_image_zip(path: Path) -> dict[str, Any]:
     """Names, sizes and the CSV's `file` column, never the pixels (the dry run decodes those)."""
-    from app.training.datasets.images import check_image_archive
-    from app.training.errors import TrainingError
+    from app.training import TrainingError, check_image_archive
 
     try:
         return check_image_archive(path)

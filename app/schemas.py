@@ -6,7 +6,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.filecheck import FilePurpose
-from app.training.spec import JobSpec
+from app.training import JobSpec
 
 JobCreate = JobSpec
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]

@@ -29,8 +29,7 @@ def _preload_engine(sender: object = None, **_: object) -> None:
     import gc
     import importlib
 
-    import app.training.loop  # noqa: F401
-    from app.training.datasets.registry import import_loaders
+    from app.training import import_loaders, train  # noqa: F401  (train: the engine and torch)
 
     import_loaders()
     # Every job draws report.png: select the backend before pyplot is imported.

@@ -20,7 +20,7 @@ from app.services.artifacts import store_outputs
 from app.services.events import add_event
 from app.services.file_refs import TenantFileResolver
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
-from app.training.callbacks import TrainCallbacks
+from app.training import TrainCallbacks
 from worker.celery_app import celery_app
 
 log = logging.getLogger("distillery.worker")
@@ -144,9 +144,7 @@ def _worker_shutting_down() -> bool:
 
 def execute_job(job_id: str, *, settings: Settings) -> str:
     """Run one job to an end state (or back to the queue); return what happened."""
-    from app.training.loop import TrainingCancelled, TrainingError, train
-    from app.training.mlflow_tracking import tracked
-    from app.training.spec import JobSpec
+    from app.training import JobSpec, TrainingCancelled, TrainingError, tracked, train
 
     if settings.torch_threads:
         import torch

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import InvalidRequest
 from app.models import File, Tenant
-from app.training.errors import TrainingError
+from app.training import TrainingError
 
 # The key that holds a `"file"` decides what the file must be.
 PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",

@@ -19,7 +19,7 @@ from app.services import validator
 from app.services.file_refs import check_file_refs
 from app.storage import get_store
 from app.services.events import add_event
-from app.training.spec import JobSpec, spec_sha256
+from app.training import JobSpec, spec_sha256
 
 log = logging.getLogger("distillery.jobs")
 

@@ -34,9 +34,7 @@ def _child_init() -> None:
 def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver,
                    allow_torchscript: bool) -> tuple[str, Any]:
     """Runs in the validator process: ("ok", summary) or ("error", (code, message, field))."""
-    from app.training.dry_run import DryRunError, dry_run
-    from app.training.errors import TrainingError
-    from app.training.spec import JobSpec
+    from app.training import DryRunError, JobSpec, TrainingError, dry_run
 
     spec = JobSpec.model_validate(spec_json)
     try:
@@ -49,7 +47,7 @@ def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver,
 
 
 def _child_warm() -> None:
-    import app.training.dry_run  # noqa: F401  (torch and the engine: seconds, paid before the first submit)
+    from app.training import dry_run  # noqa: F401  (torch and the engine: seconds, paid before the first submit)
 
 
 def warm(settings: Settings) -> None:

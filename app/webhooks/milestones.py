@@ -52,7 +52,7 @@ def milestone_events(*, db: Session, job_id: str, data: dict[str, Any]) -> list[
     if target is None:
         return []
     # Only epoch events reach here, and only in a worker, where the engine is loaded anyway.
-    from app.training.evaluate import PRIMARY_METRICS
+    from app.training import PRIMARY_METRICS
 
     kinds = {task["name"]: task["kind"] for task in job.spec["tasks"]}
     higher = {name: PRIMARY_METRICS[kind][1] for name, kind in kinds.items()}

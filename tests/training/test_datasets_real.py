@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from app.training import DryRunError, dry_run
 from app.training.datasets import census, fashion
 from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.datasets.registry import BUILTIN_LOADERS, import_loaders, load_builtin
-from app.training.dry_run import DryRunError, dry_run
 from app.training.errors import TrainingError
 from app.training.loop import train
 from app.training.spec import JobSpec

@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
+from app.training import DryRunError, dry_run
 from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.datasets.splits import DatasetSplits, TableLayout, with_validation
 from app.training.datasets.uploaded import load_table_dataset
-from app.training.dry_run import DryRunError, dry_run
 from app.training.errors import TrainingError
 from app.training.export import load_student, write_onnx, write_safetensors, write_student_config
 from app.training.loop import train
@@ -333,9 +333,9 @@ def test_census_spec_defaults_to_embedding_and_checks_archs_against_the_encoding
 
 @needs_census
 def test_a_census_job_reads_category_codes_through_the_builtin_path(tmp_path: Path, monkeypatch):
+    from app.training import dry_run
     from app.training.datasets import census
     from app.training.datasets.registry import BUILTIN_LOADERS, import_loaders, load_builtin
-    from app.training.dry_run import dry_run
 
     import_loaders()
     # A one-hot slice is narrower than the full data's 503; the codes are 39 wide on any slice.

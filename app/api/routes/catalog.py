@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.deps import TenantDep
 from app.api.problems import problems
-from app.training.catalog import catalog
+from app.training import catalog
 
 router = APIRouter(prefix="/v1/catalog", tags=["catalog"])
 
