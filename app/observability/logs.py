@@ -33,7 +33,8 @@ _SECRETS = (
      r"\1[redacted]"),
 )
 # Standard LogRecord attributes: anything else on a record came from `extra=` and is kept.
-_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message", "taskName"}
+_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message", "taskName",
+                                                         "request_id", "job_id"}
 
 
 def scrub(text: str) -> str:

@@ -51,6 +51,7 @@ def test_one_job_followed_from_api_to_worker(settings: Settings, tmp_path: Path,
     assert not stray_lines(api.output())
     api_records = json_lines(api.output())
     assert all({"ts", "level", "logger", "message"} <= set(r) for r in api_records)
+    assert all(r.get("job_id", "absent") is not None for r in api_records)  # no "job_id": null noise
     submit = [r for r in api_records if r.get("request_id") == "trace-abc.1"]
     # the access line and the queueing line of that request, the second naming the job
     assert any("POST /v1/jobs" in r["message"] and r["logger"] == "uvicorn.access" for r in submit)
