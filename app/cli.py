@@ -17,6 +17,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from app.job_status import JobStatus
+
 if TYPE_CHECKING:  # the CLI imports the client lazily: `distillery worker` should not pay for it
     from app.schemas import JobOut
 
@@ -328,7 +330,7 @@ def submit(spec_path: Annotated[Path, typer.Argument(help="job spec (JSON)")],
 
             job = client.wait(job.id, on_update=show)
         console.print(f"job {job.id} {job.status}", highlight=False)
-        if job.status == "succeeded":
+        if job.status == JobStatus.SUCCEEDED:
             _print_results(client.results(job.id))
         else:
             if job.error is not None:
@@ -401,7 +403,7 @@ def cancel(job_id: str, url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None
     """Cancel a job."""
     with _client(url, api_key) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job_id}: {job.status}{' (cancel requested)' if job.status == 'running' else ''}")
+    console.print(f"job {job_id}: {job.status}{' (cancel requested)' if job.status == JobStatus.RUNNING else ''}")
 
 
 @cli.command()

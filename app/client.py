@@ -10,9 +10,8 @@ from typing import Any
 
 import httpx
 
+from app.job_status import TERMINAL_STATUSES
 from app.schemas import ArtifactOut, EventList, EventOut, FileList, FileOut, JobOut, ValidationSummary
-
-TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
 class ApiError(Exception):
@@ -111,7 +110,7 @@ class Client:
             job = self.job(job_id)
             if on_update is not None:
                 on_update(job)
-            if job.status in TERMINAL:
+            if job.status in TERMINAL_STATUSES:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")

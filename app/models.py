@@ -9,11 +9,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, UTCDateTime, utcnow
+from app.job_status import JobStatus
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def new_id(prefix: str) -> str:
@@ -58,7 +57,7 @@ class Job(Base):
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)  # with every default filled in
     spec_sha256: Mapped[str] = mapped_column(String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     stage: Mapped[str | None] = mapped_column(String(200), nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # latest epoch

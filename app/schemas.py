@@ -6,10 +6,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.filecheck import FilePurpose
+from app.job_status import JobStatus
 from app.training import JobSpec
 
 JobCreate = JobSpec
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 class JobError(BaseModel):

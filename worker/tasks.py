@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.job_status import JobStatus
 from app.observability import worker_metrics
 from app.observability.logs import job_context
 from app.queue import RUN_JOB_TASK, enqueue
@@ -165,7 +166,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         return "skipped"
     log.info("job %s claimed by %s (attempt %d)", job_id, owner, job.attempt)
 
-    def finish(status: str, **kwargs: Any) -> None:
+    def finish(status: JobStatus, **kwargs: Any) -> None:
         def write() -> None:
             with session_scope(db_url) as db:
                 finish_job(db=db, job_id=job_id, owner=owner, status=status, **kwargs)
@@ -189,10 +190,10 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                            allow_torchscript=settings.allow_torchscript,
                            checkpoint_interval=settings.checkpoint_interval_seconds)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
-        finish("succeeded", results=result.results, artifacts=stored)
+        finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)
         worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)
         shutil.rmtree(workdir, ignore_errors=True)  # the checkpoint is no longer needed
-        return "succeeded"
+        return JobStatus.SUCCEEDED
     except TrainingCancelled:
         if state.shutting_down.is_set() and not state.cancel_requested.is_set():
             with session_scope(db_url) as db:
@@ -203,18 +204,18 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         if state.lease_lost.is_set():
             log.warning("job %s: lease lost (reaped by another worker); stopping", job_id)
             return "lease_lost"
-        finish("cancelled")
-        return "cancelled"
+        finish(JobStatus.CANCELLED)
+        return JobStatus.CANCELLED
     except TrainingError as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
-        finish("failed", error_code=exc.code, error_message=exc.message)
-        return "failed"
+        finish(JobStatus.FAILED, error_code=exc.code, error_message=exc.message)
+        return JobStatus.FAILED
     except Exception as exc:
         # The traceback stays in the worker log; the caller gets a code and a one-line message.
         code, message = classify_failure(exc)
         log.exception("job %s failed: %s", job_id, code)
-        finish("failed", error_code=code, error_message=message)
-        return "failed"
+        finish(JobStatus.FAILED, error_code=code, error_message=message)
+        return JobStatus.FAILED
     finally:
         state.done.set()
         restore_signal()

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.errors import Conflict, NotFound, QuotaExceeded
 from app.filecheck import CODE_PURPOSES, PURPOSES, check_content
+from app.job_status import ACTIVE_STATUSES
 from app.models import File, Job, Tenant
 from app.services.jobs import tenant_usage
 from app.uploads import BadUpload, receive_upload
@@ -65,7 +66,7 @@ def list_files(*, db: Session, tenant: Tenant, purpose: str | None) -> list[File
 
 def delete_file(*, db: Session, row: File, settings: Settings) -> None:
     """Delete a file unless a queued or running job refers to it."""
-    active = db.scalars(select(Job).where(Job.tenant_id == row.tenant_id, Job.status.in_(("queued", "running"))))
+    active = db.scalars(select(Job).where(Job.tenant_id == row.tenant_id, Job.status.in_(ACTIVE_STATUSES)))
     users = [job.id for job in active if row.id in json.dumps(job.spec)]
     if users:
         raise Conflict(f"file {row.id} is used by active job(s) {', '.join(users)}")

@@ -3,12 +3,13 @@
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.models import JOB_STATUSES, Job
+from app.job_status import JobStatus
+from app.models import Job
 
 
 def count_jobs_by_status(*, db: Session) -> dict[str, int]:
     """Return every status with its number of jobs (0 where none), across all tenants."""
-    counts = dict.fromkeys(JOB_STATUSES, 0)
+    counts = dict.fromkeys(JobStatus, 0)
     for status, count in db.execute(select(Job.status, func.count()).group_by(Job.status)):
         counts[status] = count
     return counts

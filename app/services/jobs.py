@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from app.db import utcnow
 from app.config import Settings
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
-from app.models import TERMINAL_STATUSES, Artifact, File, Job, Tenant
+from app.job_status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
+from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.services import validator
 from app.services.file_refs import check_file_refs
@@ -49,7 +50,7 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     if check is not None:
         check(stored)
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
-              idempotency_key=idempotency_key, status="queued", enqueued_at=utcnow())
+              idempotency_key=idempotency_key, status=JobStatus.QUEUED, enqueued_at=utcnow())
     db.add(job)
     try:
         db.flush()
@@ -67,7 +68,7 @@ def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
 def tenant_usage(*, db: Session, tenant: Tenant) -> tuple[int, int]:
     """Return (active jobs, bytes kept in artifacts and uploaded files) for the tenant."""
     active = db.scalar(select(func.count()).select_from(Job).where(
-        Job.tenant_id == tenant.id, Job.status.in_(("queued", "running"))))
+        Job.tenant_id == tenant.id, Job.status.in_(ACTIVE_STATUSES)))
     artifacts = db.scalar(select(func.coalesce(func.sum(Artifact.size), 0)).join(Job).where(Job.tenant_id == tenant.id))
     uploads = db.scalar(select(func.coalesce(func.sum(File.size), 0)).where(File.tenant_id == tenant.id))
     return int(active or 0), int(artifacts or 0) + int(uploads or 0)
@@ -138,14 +139,14 @@ def request_cancel(*, db: Session, job: Job) -> Job:
         raise Conflict(f"job {job.id} is already {job.status}")
     now = utcnow()
     cancelled_now = db.execute(
-        update(Job).where(Job.id == job.id, Job.status == "queued")
-        .values(status="cancelled", cancel_requested=True, finished_at=now),
+        update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now),
         execution_options={"synchronize_session": False},
     ).rowcount
     if cancelled_now:
-        add_event(db=db, job_id=job.id, kind="cancelled", data={"while": "queued"})
+        add_event(db=db, job_id=job.id, kind="cancelled", data={"while": JobStatus.QUEUED})
     else:
-        db.execute(update(Job).where(Job.id == job.id, Job.status == "running").values(cancel_requested=True),
+        db.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.RUNNING).values(cancel_requested=True),
                    execution_options={"synchronize_session": False})
         add_event(db=db, job_id=job.id, kind="cancel_requested", data={})
     db.commit()
@@ -186,7 +187,7 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
         raise refused
     job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings,
                               check=dry_run)
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         try:
             enqueue(job.id, settings=settings)
         except Exception as exc:  # the job is stored; a retry with the same Idempotency-Key re-sends it

@@ -8,6 +8,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db import utcnow
+from app.job_status import JobStatus
 from app.models import Artifact, Job
 from app.services.events import add_event
 from app.storage import StoredObject
@@ -19,8 +20,8 @@ def claim_job(*, db: Session, job_id: str, owner: str) -> Job | None:
     """Take a queued job with one conditional UPDATE; None when another worker has it (or it ended)."""
     now = utcnow()
     claimed = db.execute(
-        update(Job).where(Job.id == job_id, Job.status == "queued", Job.cancel_requested.is_(False))
-        .values(status="running", attempt=Job.attempt + 1, lease_owner=owner, heartbeat_at=now,
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
+        .values(status=JobStatus.RUNNING, attempt=Job.attempt + 1, lease_owner=owner, heartbeat_at=now,
                 started_at=now, error_code=None, error_message=None),
         execution_options=_NO_SYNC,
     ).rowcount
@@ -43,7 +44,7 @@ class LeaseState:
 def heartbeat(*, db: Session, job_id: str, owner: str) -> LeaseState:
     """Refresh the lease and report whether the job should stop."""
     updated = db.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
         .values(heartbeat_at=utcnow()),
         execution_options=_NO_SYNC,
     ).rowcount
@@ -68,16 +69,16 @@ def record_progress(
 
 
 def finish_job(
-    *, db: Session, job_id: str, owner: str, status: str, error_code: str | None = None,
+    *, db: Session, job_id: str, owner: str, status: JobStatus, error_code: str | None = None,
     error_message: str | None = None, results: dict[str, Any] | None = None,
     artifacts: list[tuple[str, StoredObject, str]] = (),  # type: ignore[assignment]
 ) -> bool:
     """End the job (succeeded/failed/cancelled) if this worker still holds it; store its artifacts."""
     values: dict[str, Any] = {"status": status, "finished_at": utcnow(), "lease_owner": None,
                               "error_code": error_code, "error_message": error_message}
-    if status == "succeeded":
+    if status == JobStatus.SUCCEEDED:
         values.update(progress=1.0, results=results)
-    ended = db.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
+    ended = db.execute(update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
                        .values(**values), execution_options=_NO_SYNC).rowcount
     if not ended:
         db.rollback()
@@ -96,8 +97,8 @@ def finish_job(
 def release_job(*, db: Session, job_id: str, owner: str, reason: str) -> bool:
     """Put a running job back in the queue (worker shutting down); its checkpoint makes it resume."""
     released = db.execute(
-        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == "running")
-        .values(status="queued", lease_owner=None, enqueued_at=utcnow()),
+        update(Job).where(Job.id == job_id, Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+        .values(status=JobStatus.QUEUED, lease_owner=None, enqueued_at=utcnow()),
         execution_options=_NO_SYNC,
     ).rowcount
     if released:
@@ -112,23 +113,23 @@ def reap_stale_jobs(*, db: Session, stale_after: timedelta, max_attempts: int) -
     Returns the ids that were put back in the queue (the caller enqueues them after this commit).
     """
     cutoff = utcnow() - stale_after
-    stale = list(db.scalars(select(Job).where(Job.status == "running", Job.heartbeat_at < cutoff)))
+    stale = list(db.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)))
     requeued = []
     for job in stale:
         if job.attempt >= max_attempts:
-            values: dict[str, Any] = {"status": "failed", "lease_owner": None, "finished_at": utcnow(),
+            values: dict[str, Any] = {"status": JobStatus.FAILED, "lease_owner": None, "finished_at": utcnow(),
                                       "error_code": "worker_lost",
                                       "error_message": f"the worker stopped responding on each of {job.attempt} attempts"}
             kind = "failed"
         elif job.cancel_requested:
-            values = {"status": "cancelled", "lease_owner": None, "finished_at": utcnow()}
+            values = {"status": JobStatus.CANCELLED, "lease_owner": None, "finished_at": utcnow()}
             kind = "cancelled"
         else:
-            values = {"status": "queued", "lease_owner": None, "enqueued_at": utcnow()}
+            values = {"status": JobStatus.QUEUED, "lease_owner": None, "enqueued_at": utcnow()}
             kind = "requeued"
         # Conditional on the stale owner, so a worker that revives in between keeps its job.
         changed = db.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_owner,
-                                               Job.status == "running").values(**values),
+                                               Job.status == JobStatus.RUNNING).values(**values),
                              execution_options=_NO_SYNC).rowcount
         if changed:
             data = {"reason": "heartbeat_stale", "attempt": job.attempt}
@@ -148,9 +149,9 @@ def resend_waiting_jobs(*, db: Session, waiting_longer_than: timedelta) -> list[
     a duplicate finds the job claimed. Restamping keeps each job to one resend per interval.
     """
     cutoff = utcnow() - waiting_longer_than
-    ids = list(db.scalars(select(Job.id).where(Job.status == "queued", Job.enqueued_at < cutoff)))
+    ids = list(db.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, Job.enqueued_at < cutoff)))
     if ids:
-        db.execute(update(Job).where(Job.id.in_(ids), Job.status == "queued").values(enqueued_at=utcnow()),
+        db.execute(update(Job).where(Job.id.in_(ids), Job.status == JobStatus.QUEUED).values(enqueued_at=utcnow()),
                    execution_options=_NO_SYNC)
         for job_id in ids:
             add_event(db=db, job_id=job_id, kind="resent", data={"reason": "not claimed in time"})

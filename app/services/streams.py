@@ -31,7 +31,8 @@ from sqlalchemy.orm import Session
 
 from app.db import get_sessionmaker
 from app.errors import AppError
-from app.models import TERMINAL_STATUSES, Job, Tenant
+from app.job_status import TERMINAL_STATUSES
+from app.models import Job, Tenant
 from app.services.events import list_events
 from app.services.jobs import get_job
 

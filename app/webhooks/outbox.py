@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from app.config import get_settings
 from app.db import utcnow
+from app.job_status import JobStatus
 from app.models import Job, WebhookDelivery, WebhookEndpoint
 from app.queue import enqueue_webhook
 from app.webhooks.milestones import milestone_events
@@ -59,7 +60,7 @@ def _event_data(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if kind == "task_milestone":
         return dict(data)
     if kind == "started":
-        return {"status": "running", "attempt": data.get("attempt")}
+        return {"status": JobStatus.RUNNING, "attempt": data.get("attempt")}
     out: dict[str, Any] = {"status": kind}
     if data.get("code"):
         out["error"] = {"code": data["code"], "message": data.get("message") or ""}
