@@ -110,6 +110,7 @@ async def measure(url: str, key: str, api_pid: int, *, streams: int, jobs: int, 
         await asyncio.sleep(2)
 
         latencies: list[float] = []
+        timeline: list[tuple[float, float]] = []  # (scheduled at, seconds from start; latency)
         failures: list[str] = []
 
         async def status(at: float, job_id: str) -> None:
@@ -117,6 +118,7 @@ async def measure(url: str, key: str, api_pid: int, *, streams: int, jobs: int, 
             try:
                 r = await http.get(f"/v1/jobs/{job_id}", timeout=NO_ANSWER_SECONDS)
                 latencies.append(time.perf_counter() - at)
+                timeline.append((at - start, latencies[-1]))
                 if r.status_code != 200:
                     failures.append(f"HTTP {r.status_code}")
             except httpx.TimeoutException:
@@ -125,12 +127,25 @@ async def measure(url: str, key: str, api_pid: int, *, streams: int, jobs: int, 
                 failures.append(type(exc).__name__)
 
         log(f"events flowing ({max((c.events for c in conns), default=0)} on the busiest stream); timing status")
-        events_before = sum(c.events for c in conns)
-        cpu_before, start = cpu_seconds(api_pid), time.perf_counter()
+        for job_id in job_ids[:10]:  # open the client's first connections before the clock starts
+            await http.get(f"/v1/jobs/{job_id}")
         n = int(seconds * rate)
-        await asyncio.gather(*(status(start + i / rate, job_ids[i % jobs]) for i in range(n)))
-        elapsed = time.perf_counter() - start
+        lags: list[float] = []
+        start = time.perf_counter() + 1.0  # the requests' tasks are created first, off the clock
+        events_before = sum(c.events for c in conns)
+        cpu_before = cpu_seconds(api_pid)
+
+        async def client_lag() -> None:  # how late the bench's own loop runs (it shares the cores)
+            await asyncio.sleep(max(0.0, start - time.perf_counter()))
+            while time.perf_counter() < start + seconds:
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.01)
+                lags.append(time.perf_counter() - t0 - 0.01)
+
+        t_cpu = time.perf_counter()
+        await asyncio.gather(client_lag(), *(status(start + i / rate, job_ids[i % jobs]) for i in range(n)))
         cpu = cpu_seconds(api_pid) - cpu_before
+        cpu_window, elapsed = time.perf_counter() - t_cpu, time.perf_counter() - start
         still_open = sum(1 for c in conns if c.status == 200 and not c.ended)
         events = sum(c.events for c in conns) - events_before
         running = [c.events for c in conns if c.events > 1]
@@ -148,7 +163,9 @@ async def measure(url: str, key: str, api_pid: int, *, streams: int, jobs: int, 
         "status_p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
         "status_p99_ms": round(1000 * percentile(latencies, 0.99), 1) if latencies else None,
         "status_max_ms": round(1000 * max(latencies), 1) if latencies else None,
-        "seconds": round(elapsed, 1), "api_cpu_percent": round(100 * cpu / elapsed, 1),
+        "slowest_at_s_ms": [[round(t, 1), round(1000 * x)] for t, x in sorted(timeline, key=lambda p: -p[1])[:8]],
+        "bench_loop_lag_p99_max_ms": [round(1000 * percentile(lags, 0.99)), round(1000 * max(lags))],
+        "seconds": round(elapsed, 1), "api_cpu_percent": round(100 * cpu / cpu_window, 1),
     }
 
 
