@@ -30,7 +30,9 @@ class EventStreamResponse(StreamingResponse):
 
 @router.get("/events/stream", response_class=StreamingResponse, responses={
     200: {"content": {"text/event-stream": {}}, "description": "One SSE message per event: id = seq, event = kind"},
-    **problems(401, 404, 422, 429)})
+    **problems(401, 404, 422),
+    429: {**problems(429)[429], "description": "Rate limit, or the tenant's open-stream cap "
+                                               "(DISTILLERY_MAX_STREAMS_PER_TENANT); see Retry-After"}})
 async def stream_job_events(
     tenant: TenantDep, db: SessionDep, settings: SettingsDep, job_id: Annotated[str, Path(max_length=64)],
     after: Annotated[int, Query(ge=0)] = 0,
