@@ -1,54 +1,33 @@
 """Job creation, listing, lookup and cancellation on behalf of a tenant."""
 
-import hashlib
-import json
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db import utcnow
 from app.config import Settings
+from app.db import utcnow
 from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
 from app.job_status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.services import validator
+from app.services.events import add_event
 from app.services.file_refs import check_file_refs
 from app.storage import get_store
-from app.services.events import add_event
 from app.training import JobSpec, spec_sha256
 
 log = logging.getLogger("distillery.jobs")
 
 
-def _request_sha(stored_spec: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(stored_spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def insert_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None) -> tuple[Job, bool]:
+    """Store a queued job (defaults filled in) with its first event and commit; return it and whether it is new.
 
-
-def create_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None,
-               limits: Settings | None = None,
-               check: Callable[[dict[str, Any]], None] | None = None) -> tuple[Job, bool]:
-    """Store a queued job (defaults filled in) and commit; return it and whether it is new.
-
-    With an ``idempotency_key``, a repeat of the same body returns the first job; a different
-    body under the same key is refused. ``check`` (the dry run, given the stored spec) runs after
-    the cheap checks and before the row is written, and not for a replay.
+    No checks (``submit_job`` makes them first). When a concurrent request with the same
+    ``idempotency_key`` stored its job first, that job is returned instead (or refused: another body).
     """
-    stored = spec.model_dump(mode="json")
-    digest = spec_sha256(spec)
-    if idempotency_key is not None:
-        existing = _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key)
-        if existing is not None:
-            return _same_request_or_conflict(existing, digest), False
-    check_file_refs(db=db, tenant=tenant, spec=stored)
-    if limits is not None:
-        _enforce_caps(db=db, tenant=tenant, limits=limits)
-    if check is not None:
-        check(stored)
+    stored, digest = spec.model_dump(mode="json"), spec_sha256(spec)
     job = Job(tenant_id=tenant.id, name=spec.name, spec=stored, spec_sha256=digest,
               idempotency_key=idempotency_key, status=JobStatus.QUEUED, enqueued_at=utcnow())
     db.add(job)
@@ -154,49 +133,59 @@ def request_cancel(*, db: Session, job: Job) -> Job:
     return job
 
 
-def _refused_code_teachers(spec: JobSpec, settings: Settings) -> InvalidRequest | None:
+def _refuse_code_teachers(spec: JobSpec, settings: Settings) -> None:
     """A TorchScript teacher runs its own code in the validator and the worker: only where the server
-    allows it. Return the 422 for a spec that names one on a server that does not, else None."""
+    allows it. Raise the 422 for a spec that names one on a server that does not."""
     if settings.allow_torchscript:
-        return None
+        return
     fields = [f"body.teachers[{i}].source.torchscript" for i, t in enumerate(spec.teachers)
               if t.source.torchscript is not None]
-    if not fields:
-        return None
-    message = ("TorchScript teachers run the code inside the file, so this server refuses them; "
-               "its operator can enable them with DISTILLERY_ALLOW_TORCHSCRIPT=true")
-    return InvalidRequest(message, errors=[{"field": f, "message": message, "type": "torchscript_disabled"}
-                                           for f in fields])
+    if fields:
+        message = ("TorchScript teachers run the code inside the file, so this server refuses them; "
+                   "its operator can enable them with DISTILLERY_ALLOW_TORCHSCRIPT=true")
+        raise InvalidRequest(message, errors=[{"field": f, "message": message, "type": "torchscript_disabled"}
+                                              for f in fields])
 
 
 def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, settings: Settings) -> tuple[Job, bool]:
-    """Dry-run the spec, create the job, then hand it to the broker once the row is committed.
+    """Check and dry-run the spec, store the job, then hand it to the broker; return it and whether it is new.
 
-    A spec the dry run refuses is a 422 and stores nothing; a replay is not dry-run again.
-
-    A replay of a still-queued job sends its message again: a lost message is recovered that way,
-    and a duplicate is harmless because a worker must claim the job before running it.
+    With an ``idempotency_key``, a repeat of the same body returns the first job without any check
+    (a different body under the same key is refused). A spec the checks or the dry run refuse is a
+    422 and stores nothing. A replay of a still-queued job sends its message again: a lost message
+    is recovered that way, and a duplicate is harmless because a worker must claim the job first.
     """
-    def dry_run(stored: dict[str, Any]) -> None:  # in the validator process: the API process stays free of torch
+    stored = spec.model_dump(mode="json")
+    job = _replayed(db=db, tenant=tenant, key=idempotency_key, digest=spec_sha256(spec))
+    created = job is None
+    if job is None:
+        # First: "the server refuses TorchScript" is the error to act on, before any file check.
+        _refuse_code_teachers(spec, settings)
+        check_file_refs(db=db, tenant=tenant, spec=stored)
+        _enforce_caps(db=db, tenant=tenant, limits=settings)
+        # In the validator process: the API process stays free of torch.
         validator.dry_run(stored, tenant_id=tenant.id, settings=settings)
-
-    # Before the file checks: "the server refuses TorchScript" is the error to act on (a replay is left alone).
-    refused = _refused_code_teachers(spec, settings)
-    if refused is not None and (idempotency_key is None
-                                or _find_by_idempotency_key(db=db, tenant=tenant, key=idempotency_key) is None):
-        raise refused
-    job, created = create_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key, limits=settings,
-                              check=dry_run)
+        job, created = insert_job(db=db, tenant=tenant, spec=spec, idempotency_key=idempotency_key)
     if job.status == JobStatus.QUEUED:
-        try:
-            enqueue(job.id, settings=settings)
-        except Exception as exc:  # the job is stored; a retry with the same Idempotency-Key re-sends it
-            log.exception("could not enqueue job %s", job.id)
-            raise ServiceUnavailable(
-                f"job {job.id} is stored but the broker is unreachable ({type(exc).__name__}); "
-                "retry with the same Idempotency-Key", headers={"Retry-After": "5"},
-            ) from exc
+        _enqueue_or_503(job, settings=settings)
     return job, created
+
+
+def _replayed(*, db: Session, tenant: Tenant, key: str | None, digest: str) -> Job | None:
+    """Return the job an earlier request with this Idempotency-Key created, if any (422 for another body)."""
+    existing = _find_by_idempotency_key(db=db, tenant=tenant, key=key) if key is not None else None
+    return _same_request_or_conflict(existing, digest) if existing is not None else None
+
+
+def _enqueue_or_503(job: Job, *, settings: Settings) -> None:
+    try:
+        enqueue(job.id, settings=settings)
+    except Exception as exc:  # the job is stored; a retry with the same Idempotency-Key re-sends it
+        log.exception("could not enqueue job %s", job.id)
+        raise ServiceUnavailable(
+            f"job {job.id} is stored but the broker is unreachable ({type(exc).__name__}); "
+            "retry with the same Idempotency-Key", headers={"Retry-After": "5"},
+        ) from exc
 
 
 async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> "ValidationSummary":
@@ -204,9 +193,7 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
     from app.schemas import ValidationSummary
 
     stored = spec.model_dump(mode="json")
-    refused = _refused_code_teachers(spec, settings)
-    if refused is not None:
-        raise refused
+    _refuse_code_teachers(spec, settings)
     check_file_refs(db=db, tenant=tenant, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)

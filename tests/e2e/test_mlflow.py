@@ -17,7 +17,7 @@ from app.auth import get_or_create_tenant
 from app.config import Settings
 from app.db import session_scope
 from app.models import Artifact, Job, JobEvent
-from app.services.jobs import create_job
+from app.services.jobs import insert_job
 from app.training.callbacks import CallbackChain, TrainCallbacks
 from app.training.loop import train
 from app.training.mlflow_tracking import RUN_FILE, mlflow_tracker
@@ -55,7 +55,7 @@ def test_a_worker_job_logs_params_epochs_results_and_student_files(
     spec = tiny_spec(tracking={"mlflow": {"experiment": experiment, "run_name": "tiny-run"}})
     with session_scope(settings.resolved_database_url) as db:
         tenant = get_or_create_tenant(db=db, name="acme")
-        job_id = create_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec),
+        job_id = insert_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec),
                             idempotency_key=None)[0].id
     assert execute_job(job_id, settings=settings) == "succeeded"
     with session_scope(settings.resolved_database_url) as db:

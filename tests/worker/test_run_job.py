@@ -18,7 +18,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.models import Artifact, Job, JobEvent
 from app.queue import enqueue
-from app.services.jobs import create_job, request_cancel
+from app.services.jobs import insert_job, request_cancel
 from app.storage import sha256_file
 from app.training.spec import JobSpec
 from tests.conftest import tiny_spec
@@ -29,7 +29,7 @@ from worker.tasks import execute_job
 def make_job(settings: Settings, spec: dict[str, Any], *, send: bool = False) -> str:
     with session_scope(settings.resolved_database_url) as db:
         tenant = get_or_create_tenant(db=db, name="acme")
-        job, _ = create_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec), idempotency_key=None)
+        job, _ = insert_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec), idempotency_key=None)
     if send:
         enqueue(job.id, settings=settings)
     return job.id

@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.main import create_app
 from app.models import Job, JobEvent
-from app.services.jobs import create_job
+from app.services.jobs import insert_job
 from app.training.spec import JobSpec
 from app.training.tracking import ARCHIVE_NAME, run_name
 from tests.conftest import tiny_spec
@@ -58,7 +58,7 @@ def test_a_spec_asking_for_mlflow_on_a_worker_without_it_fails_before_training(s
     spec = tiny_spec(tracking={"mlflow": {"experiment": "nowhere"}})
     with session_scope(settings.resolved_database_url) as db:
         tenant = get_or_create_tenant(db=db, name="acme")
-        job_id = create_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec),
+        job_id = insert_job(db=db, tenant=tenant, spec=JobSpec.model_validate(spec),
                             idempotency_key=None)[0].id
     assert execute_job(job_id, settings=settings) == "failed"
     with session_scope(settings.resolved_database_url) as db:
