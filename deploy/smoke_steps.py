@@ -20,6 +20,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -230,10 +231,11 @@ class Stack:
         return digest
 
     def longer_spec(self, name: str) -> dict[str, Any]:
-        """The tiny example with more student epochs: long enough to interrupt in the middle."""
+        """The tiny example with more student epochs (and no baseline): long enough to interrupt."""
         spec = json.loads(TINY.read_text())
         spec["name"] = name
-        spec["training"]["epochs"] = 40
+        spec["training"]["epochs"] = 30
+        spec["baseline"] = False
         return spec
 
     def step_worker_stop(self) -> None:
@@ -268,8 +270,30 @@ class Stack:
         before = self.wait_training(job_id, timeout=600)
         say(f"job {job_id} running, student epoch {before['metrics']['epoch']}, progress {before['progress']:.3f}")
         t = time.monotonic()
-        compose("restart", "postgres", timeout=180)
+        seen: dict[int, int] = {}  # /readyz answers while `restart postgres` runs
+        errors: list[BaseException] = []
+
+        def run_restart() -> None:
+            try:
+                compose("restart", "postgres", timeout=180)
+            except (StepFailed, subprocess.TimeoutExpired) as exc:
+                errors.append(exc)
+
+        restart = threading.Thread(target=run_restart)
+        restart.start()
+        while restart.is_alive():
+            try:
+                code = http("GET", f"{self.url}/readyz", timeout=5)[0]
+            except OSError:
+                code = 0
+            seen[code] = seen.get(code, 0) + 1
+            time.sleep(0.2)
+        restart.join()
+        if errors:
+            raise StepFailed(f"docker compose restart postgres: {errors[0]}")
         self.figures["postgres_restart_s"] = round(time.monotonic() - t, 1)
+        self.figures["postgres_restart_readyz_answers"] = {str(k): v for k, v in sorted(seen.items())}
+        say(f"/readyz answers during the restart (status: count): {seen}")
         wait_for("/readyz 200 after the PostgreSQL restart", self.ready, timeout=120)
         self.figures["postgres_restart_to_ready_s"] = round(time.monotonic() - t, 1)
         done = self.wait_status(job_id, {"succeeded"}, timeout=1200)
