@@ -36,7 +36,9 @@ def _check_name(name: str) -> None:
 
 class ArtifactStore(Protocol):
     def save(self, *, job_id: str, name: str, source: Path) -> StoredObject: ...
-    def local_path(self, key: str) -> Path | None: ...
+    def local_path(self, key: str) -> Path | None:
+        """Return the file on this host that holds ``key``, or None where the store keeps none (read
+        ranges instead); FileNotFoundError where the store keeps files and this one is gone."""
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]: ...
     def delete_job(self, job_id: str) -> None: ...
 
@@ -63,9 +65,11 @@ class LocalArtifactStore:
             raise ValueError(f"artifact key {key!r} leaves the store")
         return resolved
 
-    def local_path(self, key: str) -> Path | None:
+    def local_path(self, key: str) -> Path:
         path = self.path(key)
-        return path if path.is_file() else None
+        if not path.is_file():
+            raise FileNotFoundError(f"artifact {key!r} is not in the store")
+        return path
 
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         with self.path(key).open("rb") as fh:
@@ -95,8 +99,8 @@ class S3ArtifactStore:
         self.client.upload_file(str(source), self.bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
         return StoredObject(key=key, size=source.stat().st_size, sha256=digest)
 
-    def local_path(self, key: str) -> Path | None:
-        return None
+    def local_path(self, key: str) -> None:
+        return None  # objects are read as byte ranges
 
     def read_range(self, key: str, start: int, end: int) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end}")["Body"]

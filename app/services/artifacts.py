@@ -43,9 +43,15 @@ def list_artifacts(*, db: Session, job_id: str) -> list[Artifact]:
     return list(db.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.name)))
 
 
-def locate(*, db: Session, job_id: str, name: str, settings: Settings) -> tuple[Artifact, ArtifactStore]:
-    """Return the artifact row and the store that holds it (404 if the job has no such artifact)."""
+def locate(*, db: Session, job_id: str, name: str,
+           settings: Settings) -> tuple[Artifact, ArtifactStore, Path | None]:
+    """Return the artifact row, the store that holds it and its file on this host (None: read it from the
+    store by ranges); 404 if the job has no such artifact, or its file is missing from a local store."""
     artifact = db.scalar(select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name))
     if artifact is None:
         raise NotFound(f"job {job_id} has no artifact {name!r}")
-    return artifact, get_store(settings)
+    store = get_store(settings)
+    try:
+        return artifact, store, store.local_path(artifact.path)
+    except FileNotFoundError as exc:
+        raise NotFound(f"artifact {name!r} is listed but missing from the store") from exc

@@ -28,6 +28,10 @@ def test_results_and_artifact_listing(client: TestClient, auth: dict, spec: dict
     assert hashlib.sha256(body.content).hexdigest() == by_name["student.safetensors"]["sha256"]
     assert len(body.content) == by_name["student.safetensors"]["size"]
     assert client.get(f"/v1/jobs/{job_id}/artifacts/nope.bin", headers=auth).status_code == 404
+    # listed, but its file left the local store: a 404 that says so, not a 500 or an empty body
+    (settings.resolved_artifact_dir / job_id / "metrics.csv").unlink()
+    gone = client.get(f"/v1/jobs/{job_id}/artifacts/metrics.csv", headers=auth)
+    assert gone.status_code == 404 and "missing from the store" in gone.json()["detail"]
 
 
 def test_range_if_range_head_and_etag(client: TestClient, auth: dict, spec: dict, settings: Settings) -> None:

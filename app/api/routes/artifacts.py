@@ -8,8 +8,6 @@ from fastapi.responses import FileResponse
 from app.api.deps import JobDep, SessionDep, SettingsDep
 from app.api.problems import problems
 from app.api.ranges import ranged_response
-from app.errors import NotFound
-from app.storage import LocalArtifactStore
 from app.result_schemas import JobResults
 from app.schemas import ArtifactOut
 from app.services import artifacts as artifact_service
@@ -42,10 +40,7 @@ _DOWNLOAD_RESPONSES = {
              operation_id="artifacts-head_artifact")
 def download_artifact(job: JobDep, name: str, request: Request, db: SessionDep, settings: SettingsDep) -> Response:
     """Download one artifact; supports Range / If-Range, with ETag = its sha256."""
-    artifact, store = artifact_service.locate(db=db, job_id=job.id, name=name, settings=settings)
-    path = store.local_path(artifact.path)
-    if path is None and isinstance(store, LocalArtifactStore):
-        raise NotFound(f"artifact {name!r} is listed but missing from the store")
+    artifact, store, path = artifact_service.locate(db=db, job_id=job.id, name=name, settings=settings)
     if path is not None:
         return FileResponse(path, media_type=artifact.media_type, filename=artifact.name,
                             headers={"ETag": f'"{artifact.sha256}"', "Cache-Control": "private, max-age=0"})
