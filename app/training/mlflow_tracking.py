@@ -20,7 +20,7 @@ from typing import Any, Self
 from app.training.callbacks import CallbackChain, TrainCallbacks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import PRIMARY_METRICS
-from app.training.spec import JobSpec
+from app.training.spec import JobSpec, spec_sha256
 from app.training.tracking import run_name, scalar_tags
 
 log = logging.getLogger("distillery.tracking")
@@ -95,11 +95,11 @@ class MlflowTracker(TrainCallbacks):
             self._safely(lambda run_id: self.client.set_terminated(run_id, status=status))
 
     def _open_run(self) -> str:
-        saved = self.workdir / RUN_FILE
-        if saved.exists():
-            run_id = json.loads(saved.read_text())["run_id"]
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
+        saved, sha = self.workdir / RUN_FILE, spec_sha256(self.spec)
+        earlier = json.loads(saved.read_text()) if saved.exists() else {}
+        if earlier.get("spec_sha256") == sha:  # the same job resumed (another spec starts afresh)
+            self.client.update_run(earlier["run_id"], status="RUNNING")
+            return earlier["run_id"]
         experiment = self.client.get_experiment_by_name(self.experiment)
         experiment_id = (experiment.experiment_id if experiment is not None
                          else self.client.create_experiment(self.experiment))
@@ -110,7 +110,7 @@ class MlflowTracker(TrainCallbacks):
                                                else self.spec.name))
         run_id = run.info.run_id
         self.workdir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps({"run_id": run_id}))
+        saved.write_text(json.dumps({"run_id": run_id, "spec_sha256": sha}))
         from mlflow.entities import Param
 
         params = [Param(key, value) for key, value in
