@@ -13,7 +13,7 @@
 #   docker build --secret id=pip_cert,src=/etc/ssl/certs/ca-certificates.crt -t distillery .
 #
 # The source tree stays in /app (editable install): `distillery migrate` finds alembic.ini and
-# migrations/ next to the `app` package (app/cli.py: ROOT = parent of the package).
+# migrations/ next to the `app` package (app/cli/serve.py: ROOT = parent of the package).
 #
 # BASE_IMAGE exists for deploy/compose-smoke.sh, whose machine reaches no image registry and builds
 # a Debian stand-in; every other build uses the default, the official Python image.

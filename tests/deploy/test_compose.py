@@ -388,9 +388,9 @@ def test_dockerfile_keeps_migrations_and_alembic_ini_in_the_image() -> None:
     copied = " ".join(a for w, a in steps if w == "COPY")
     assert re.search(r"(^|\s)\. \.(\s|$)", copied) or ("alembic.ini" in copied and "migrations" in copied)
     project_step = next(a for w, a in steps if w == "RUN" and "--no-deps" in a)
-    assert "-e ." in project_step, "editable install: app/cli.py finds migrations/ next to the package"
+    assert "-e ." in project_step, "editable install: app/cli/serve.py finds migrations/ next to the package"
     patterns = [p.strip() for p in DOCKERIGNORE.read_text().splitlines() if p.strip() and not p.startswith("#")]
-    for path in ("alembic.ini", "migrations/env.py", "migrations/versions", "pyproject.toml", "app/cli.py",
+    for path in ("alembic.ini", "migrations/env.py", "migrations/versions", "pyproject.toml", "app/cli/serve.py",
                  "worker/celery_app.py", "docker/healthcheck.py"):
         assert (ROOT / path).exists(), path
         assert not _dockerignored(path, patterns), f".dockerignore drops {path}"
