@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.filecheck import FilePurpose
+from app.files.checks import FilePurpose
 from app.job_status import JobStatus
 from app.training import JobSpec
 

@@ -13,13 +13,13 @@ from typing import Any, TypeVar
 
 from app.config import Settings, get_settings
 from app.db import session_scope
+from app.files.refs import TenantFileResolver
 from app.job_status import JobStatus
 from app.observability import worker_metrics
 from app.observability.logs import job_context
 from app.queue import RUN_JOB_TASK, enqueue
 from app.services.artifacts import store_outputs
 from app.services.events import add_event
-from app.services.file_refs import TenantFileResolver
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
 from app.training import TrainCallbacks
 from worker.celery_app import celery_app

@@ -12,7 +12,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# Uploads stream under their own limit (settings.max_upload_bytes, app/uploads.py) and their route
+# Uploads stream under their own limit (settings.max_upload_bytes, app/files/uploads.py) and their route
 # authenticates before it reads the stream.
 STREAMED_PATHS = frozenset({"/v1/files"})
 

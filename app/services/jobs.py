@@ -14,7 +14,7 @@ from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.services import validator
 from app.services.events import add_event
-from app.services.file_refs import check_file_refs
+from app.files.refs import check_file_refs
 from app.storage import get_store
 from app.training import JobSpec, spec_sha256
 

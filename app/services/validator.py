@@ -17,7 +17,7 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidRequest, ServiceUnavailable
-from app.services.file_refs import TenantFileResolver
+from app.files.refs import TenantFileResolver
 
 log = logging.getLogger("distillery.validator")
 

@@ -1,6 +1,6 @@
 """File references: how the engine turns a spec's file reference into a local path.
 
-The uploads API maps its file ids through its own resolver (app/services/file_refs.py), so the
+The uploads API maps its file ids through its own resolver (app/files/refs.py), so the
 engine never knows about HTTP or tenants.
 """
 

@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from app.filecheck import check_content
+from app.files.checks import check_content
+from app.files.uploads import BadUpload
 from app.training.datasets.registry import load_dataset
 from app.training.errors import TrainingError
 from app.training.loop import train
 from app.training.files import LocalFileResolver
 from app.training.teachers import TorchScriptTeacher
-from app.uploads import BadUpload
 from tests.training.conftest import tiny_spec
 
 FAST = {"epochs": 1, "batch_size": 256, "lr": 0.005, "seed": 0, "device": "cpu"}

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from app.api.routes.ui import FILES
 from app.config import Settings
-from app.filecheck import PURPOSES
+from app.files.checks import PURPOSES
 from app.main import create_app
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "ui" / "static"

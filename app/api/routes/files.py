@@ -6,10 +6,10 @@ from fastapi import APIRouter, Path, Query, Request, Response
 
 from app.api.deps import SessionDep, SettingsDep, TenantDep
 from app.api.problems import problems
-from app.filecheck import PURPOSES, FilePurpose
+from app.files import service as file_service
+from app.files.checks import PURPOSES, FilePurpose
+from app.files.uploads import PayloadTooLarge
 from app.schemas import FileList, FileOut
-from app.services import files as file_service
-from app.uploads import PayloadTooLarge
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 FileId = Annotated[str, Path(max_length=64)]

@@ -10,7 +10,7 @@ Safety: the archive is never extracted. Member names are never trusted (a name w
 absolute path, a drive letter or a backslash refuses the whole archive), members are read into
 memory one at a time with a read bounded by the caps below, and Pillow decodes PNG and JPEG only,
 with its decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) turned from a warning into an error.
-This module imports nothing heavy at the top: the upload check (app/filecheck.py) runs
+This module imports nothing heavy at the top: the upload check (app/files/checks.py) runs
 `check_image_archive` in the API process, which never loads torch.
 """
 

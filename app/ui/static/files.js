@@ -3,7 +3,7 @@
 import { api } from "./api.js";
 import { clear, el, fmtBytes, fmtTime, problemView } from "./dom.js";
 
-// The API's FilePurpose values (app/filecheck.py); tests/ui/test_static.py keeps the two lists equal.
+// The API's FilePurpose values (app/files/checks.py); tests/ui/test_static.py keeps the two lists equal.
 export const PURPOSES = ["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
   "teacher_torchscript"];
 

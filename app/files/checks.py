@@ -6,7 +6,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from app.uploads import BadUpload
+from app.files.uploads import BadUpload
 
 # The one list of upload purposes: the API's request/response models and OpenAPI enum use it too.
 FilePurpose = Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",

@@ -9,11 +9,11 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import Conflict, NotFound, QuotaExceeded
-from app.filecheck import CODE_PURPOSES, PURPOSES, check_content
+from app.files.checks import CODE_PURPOSES, PURPOSES, check_content
+from app.files.uploads import BadUpload, receive_upload
 from app.job_status import ACTIVE_STATUSES
 from app.models import File, Job, Tenant
 from app.services.jobs import tenant_usage
-from app.uploads import BadUpload, receive_upload
 
 
 async def accept_upload(*, db: Session, tenant: Tenant, content_type: str, chunks: AsyncIterator[bytes],
