@@ -91,7 +91,7 @@ fi
 # ------------------------------------------------------------------------------------------ 2. engine
 # overlay2 where the kernel lets this machine mount an overlay (it does here: image layers and
 # containers are then shared, not copied); otherwise vfs, which copies every layer in full (a
-# 2 GB image per container) and made one `docker run --rm` take over 8 minutes under load.
+# 2 GB image per container): one `docker run --rm` had not finished after 6 minutes under load.
 storage_driver() {
   local t
   t=$(mktemp -d)
