@@ -34,6 +34,10 @@ export COMPOSE_FILE=docker-compose.yml:deploy/compose.smoke.yml
 START=$(date +%s)
 say() { printf '[smoke %4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
 fail() { say "FAILED: $*"; exit 1; }
+# The machine cannot run Docker at all (no package, no engine): exit 3, which .ci/run reports as
+# "smoke skipped" (the issue: run the smoke where Docker can be started). Every step after the
+# engine answers is the product under test and fails with 1.
+unavailable() { say "UNAVAILABLE: $*"; exit 3; }
 
 # Always: stop the torch index server, take the stack down (-v) and stop a dockerd started here.
 INDEX_PID= DOCKERD_PID= STACK_UP=0
@@ -63,7 +67,7 @@ apt_install() {
   export DEBIAN_FRONTEND=noninteractive
   apt-get install -y -qq --no-install-recommends "$@" >"$LOGS/apt.log" 2>&1 \
     || { apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@" >"$LOGS/apt.log" 2>&1; } \
-    || { tail -20 "$LOGS/apt.log"; fail "apt-get install $*"; }
+    || { tail -20 "$LOGS/apt.log"; unavailable "apt-get install $*"; }
 }
 command -v dockerd >/dev/null || { say "installing docker.io"; apt_install docker.io; }
 command -v debootstrap >/dev/null || { say "installing debootstrap"; apt_install debootstrap; }
@@ -79,9 +83,9 @@ if ! docker compose version >/dev/null 2>&1 || ! docker buildx version >/dev/nul
     > "$apt_dir/sources.list"
   apt_opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
             -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir")
-  apt-get "${apt_opts[@]}" update -qq >"$LOGS/apt-trixie.log" 2>&1 || fail "apt-get update (trixie list)"
+  apt-get "${apt_opts[@]}" update -qq >"$LOGS/apt-trixie.log" 2>&1 || unavailable "apt-get update (trixie list)"
   (cd "$apt_dir" && apt-get "${apt_opts[@]}" download docker-compose docker-buildx >>"$LOGS/apt-trixie.log" 2>&1) \
-    || fail "apt-get download docker-compose docker-buildx"
+    || unavailable "apt-get download docker-compose docker-buildx"
   unpack=$(mktemp -d)
   for deb in "$apt_dir"/docker-compose_*.deb "$apt_dir"/docker-buildx_*.deb; do dpkg-deb -x "$deb" "$unpack"; done
   install -m 0755 "$unpack"/usr/libexec/docker/cli-plugins/docker-{compose,buildx} "$PLUGINS/"
@@ -108,7 +112,7 @@ if ! docker info >/dev/null 2>&1; then
   nohup dockerd --storage-driver="$driver" >"$LOGS/dockerd.log" 2>&1 &
   DOCKERD_PID=$!
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
-  docker info >/dev/null 2>&1 || { tail -20 "$LOGS/dockerd.log"; fail "dockerd did not answer in 60 s"; }
+  docker info >/dev/null 2>&1 || { tail -20 "$LOGS/dockerd.log"; unavailable "dockerd did not answer in 60 s"; }
 fi
 say "docker $(docker version -f '{{.Server.Version}}') ($(docker info -f '{{.Driver}}')), $(docker compose version)"
 
