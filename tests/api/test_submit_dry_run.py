@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
+from app.services import validator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,7 +56,13 @@ def test_replay_is_not_dry_run_again_and_a_stuck_dry_run_is_503(client: TestClie
     headers = {**auth, "Idempotency-Key": "k-1"}
     first = client.post("/v1/jobs", json=spec, headers=headers)
     assert first.status_code == 201, first.text
-    settings.validator_timeout_seconds = 1e-6  # any dry run now times out
+    # Every validator process busy for 30 s, and a 0.5 s limit: the next dry run is stuck. (A 1e-6 s
+    # limit alone was flaky on a loaded machine: a ~10 ms dry run of a cached built-in could finish
+    # before the API thread got to wait for it.)
+    pool = validator._get_pool(settings)
+    for _ in range(settings.validator_processes):
+        pool.submit(time.sleep, 30)
+    settings.validator_timeout_seconds = 0.5
     try:
         again = client.post("/v1/jobs", json=spec, headers=headers)
         assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
