@@ -102,17 +102,6 @@ class Settings(BaseSettings):
     webhook_retry_horizon_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
     # How often a webhook worker re-sends due deliveries whose message was lost (broker restart).
     webhook_sweep_interval_seconds: float = Field(default=30.0, gt=0)
-    # Observability. GET /metrics needs no key (Prometheus convention) unless this token is set;
-    # then it needs `Authorization: Bearer <token>`.
-    metrics_token: str | None = None
-    # Each Celery worker serves its own /metrics on this port (0: off); its pool processes write
-    # to a prometheus-client multiprocess folder that the worker's main process reads.
-    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
-    worker_metrics_host: str = "127.0.0.1"  # 0.0.0.0 where Prometheus scrapes from another host
-    # "json": one JSON object per log line with request_id (API) or job_id (worker); "text" is the
-    # development default.
-    log_format: Literal["text", "json"] = "text"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":
