@@ -91,17 +91,6 @@ class Settings(BaseSettings):
     # MLflow fails (code tracking_unavailable) before it trains.
     mlflow_tracking_uri: str | None = None
     mlflow_experiment: str = Field(default="distillery", min_length=1)
-    # Webhooks (app/webhooks): a failed delivery is retried after base * 2^(n-1) seconds (capped at
-    # max, times a random factor in [0.5, 1.5)) until the horizon since the event (or a redeliver)
-    # has passed; each attempt may take timeout seconds. Private, loopback and link-local targets
-    # are refused unless allow_private (tests use a receiver on 127.0.0.1).
-    webhook_allow_private: bool = False
-    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
-    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
-    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
-    webhook_retry_horizon_seconds: float = Field(default=3 * 24 * 3600.0, gt=0)
-    # How often a webhook worker re-sends due deliveries whose message was lost (broker restart).
-    webhook_sweep_interval_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> "Settings":
