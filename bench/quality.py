@@ -241,6 +241,16 @@ def choose_on_validation(per_seed: list[dict[str, dict[str, Any]]],
     return max(scores, key=scores.get), scores
 
 
+def chosen_on_validation(per_seed: list[dict[str, dict[str, Any]]], candidates: dict[str, Any],
+                         dataset: str, row) -> str:
+    """Choose the candidate on validation, add the table row that says so, return its name."""
+    chosen, scores = choose_on_validation(per_seed, candidates)
+    row(f"{dataset} task_kd settings chosen on validation: {chosen} (validation student "
+        + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()) + ")",
+        None, "chosen on validation", None)
+    return chosen
+
+
 def as_weights_teachers(teachers: list[dict[str, Any]], workdir: Path) -> list[dict[str, Any]]:
     """Return the job's `train` teachers as `weights` teachers read from its checkpoint."""
     state = read_finished(workdir)
@@ -281,10 +291,7 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
         mnist1d_rows(collect, row, digit)
     chosen = None
     if "task_kd" in ran:
-        chosen, scores = choose_on_validation(per_seed, DIGITS_CANDIDATES)
-        row(f"digits-mt task_kd settings chosen on validation: {chosen} (validation student "
-            + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()) + ")",
-            None, "chosen on validation", None)
+        chosen = chosen_on_validation(per_seed, DIGITS_CANDIDATES, "digits-mt", row)
         digits_rows(collect, row, chosen)
     strategies = {f"task_kd (digits-mt, {chosen})": chosen,
                   "feature_kd+soft (digits-mt)": "feature_kd", "cascaded (digits-mt)": "cascaded",
@@ -305,11 +312,7 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
     if "census_mmoe" in ran:
         census_rows(collect, row, "census_mlp" in ran)
     if "fashion" in ran:
-        job, scores = choose_on_validation(per_seed, FASHION_CANDIDATES)
-        row(f"fashion task_kd settings chosen on validation: {job} (validation student "
-            + ", ".join(f"{name} {score:.4f}" for name, score in scores.items()) + ")",
-            None, "chosen on validation", None)
-        fashion_rows(collect, row, job)
+        fashion_rows(collect, row, chosen_on_validation(per_seed, FASHION_CANDIDATES, "fashion", row))
     if "xdomain_0pct" in ran:
         student = collect(lambda s: mean_primary(s["xdomain_0pct"], "student"))
         teacher = collect(lambda s: mean_primary(s["xdomain_0pct"], "teacher"))
