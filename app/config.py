@@ -25,6 +25,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None  # e.g. http://minio:9000; unset for AWS itself
     s3_region: str = "us-east-1"
     s3_prefix: str = "artifacts/"
+    s3_files_prefix: str = "files/"  # uploads (datasets, teachers), when storage_backend is s3
     # torch intra-op threads per worker process; unset = torch's default (all cores). On a machine
     # shared with other processes 1 can be far faster (oversubscribed cores thrash).
     torch_threads: int | None = Field(default=None, ge=1)

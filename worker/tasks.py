@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from app.config import Settings, get_settings
 from app.db import session_scope
-from app.files.refs import TenantFileResolver
+from app.files.refs import file_resolver
 from app.job_status import JobStatus
 from app.observability import worker_metrics
 from app.observability.logs import job_context
@@ -186,7 +186,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                      default_experiment=settings.mlflow_experiment, job_id=job_id) as callbacks:
             result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
                            cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
-                           resolver=TenantFileResolver(settings=settings, tenant_id=job.tenant_id),
+                           resolver=file_resolver(settings=settings, tenant_id=job.tenant_id, spec=job.spec),
                            allow_torchscript=settings.allow_torchscript,
                            checkpoint_interval=settings.checkpoint_interval_seconds)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)

@@ -1,8 +1,9 @@
 """File references inside a job spec: only the tenant's uploads, of the right purpose, are allowed.
 
 A spec names files as `"file": "<id>"` under a teacher source or the transfer set. Over HTTP a
-reference must be an uploaded file's id (never a path on the server); the worker turns ids into
-paths through `TenantFileResolver`.
+reference must be an uploaded file's id (never a path on the server); the worker and the validator
+turn ids into paths through `file_resolver`: the API's files folder (`TenantFileResolver`), or, with
+an object store, this host's verified copies (`app.files.objects`).
 """
 
 from pathlib import Path
@@ -12,9 +13,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.config import Settings
+from app.db import session_scope
 from app.errors import InvalidRequest
+from app.files.objects import (
+    ObjectStoreFileResolver,
+    StoredUpload,
+    UploadCache,
+    object_key,
+    uploads_in_object_store,
+)
 from app.models import File, Tenant
 from app.training import TrainingError
+from app.training.files import FileResolver
 
 # The key that holds a `"file"` decides what the file must be.
 PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",
@@ -65,3 +75,32 @@ class TenantFileResolver:
         if not path.is_relative_to(self.root.resolve()) or not path.is_file():
             raise TrainingError(code="file_not_found", message=f"file {ref!r} is not (or no longer) uploaded")
         return path
+
+
+def file_resolver(*, settings: Settings, tenant_id: str, spec: dict[str, Any]) -> FileResolver:
+    """Return the resolver a job of ``tenant_id`` reads the files of ``spec`` through on this host."""
+    if not uploads_in_object_store(settings):
+        return TenantFileResolver(settings=settings, tenant_id=tenant_id)
+    cache = UploadCache.for_settings(settings)
+    ids = {ref for _field, ref, _purpose in file_refs(spec)}
+    with session_scope(settings.resolved_database_url) as db:
+        rows = db.scalars(select(File).where(File.tenant_id == tenant_id, File.id.in_(ids))) if ids else []
+        uploads = {row.id: StoredUpload(key=object_key(settings, tenant_id=tenant_id, file_id=row.id),
+                                        sha256=row.sha256, size=row.size) for row in rows}
+        prune_upload_cache(db=db, cache=cache)
+    return ObjectStoreFileResolver(uploads=uploads, cache=cache)
+
+
+def prune_upload_cache(*, db: Session, cache: UploadCache) -> list[str]:
+    """Remove this host's copies that no upload has any more (deleted files); return their digests.
+
+    Safe while jobs run: a file cannot be deleted while a queued or running job names it.
+    """
+    held = cache.entries()
+    live: set[str] = set()
+    for start in range(0, len(held), 500):  # SQLite caps the parameters of one statement
+        live.update(db.scalars(select(File.sha256).where(File.sha256.in_(held[start:start + 500]))))
+    gone = [digest for digest in held if digest not in live]
+    for digest in gone:
+        cache.forget(digest)
+    return gone

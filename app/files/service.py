@@ -3,13 +3,23 @@
 import json
 import os
 from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.errors import Conflict, NotFound, QuotaExceeded
+from app.errors import Conflict, NotFound, QuotaExceeded, ServiceUnavailable
 from app.files.checks import CODE_PURPOSES, PURPOSES, check_content
+from app.files.objects import (
+    UploadCache,
+    delete_upload,
+    object_key,
+    put_upload,
+    uploads_in_object_store,
+)
 from app.files.uploads import BadUpload, receive_upload
 from app.job_status import ACTIVE_STATUSES
 from app.models import File, Job, Tenant
@@ -41,6 +51,9 @@ async def accept_upload(*, db: Session, tenant: Tenant, content_type: str, chunk
                    sha256=received.sha256, meta=meta)
         db.add(row)
         db.flush()
+        if uploads_in_object_store(settings):
+            await _keep_in_object_store(db=db, row=row, source=received.path, settings=settings)
+            return row
         target = settings.files_dir / tenant.id / row.id
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(received.path, target)  # same filesystem: an atomic rename, no copy
@@ -48,6 +61,19 @@ async def accept_upload(*, db: Session, tenant: Tenant, content_type: str, chunk
         return row
     finally:
         received.path.unlink(missing_ok=True)
+
+
+async def _keep_in_object_store(*, db: Session, row: File, source: Path, settings: Settings) -> None:
+    """Put the checked upload in the object store, commit its record, and keep this host's copy."""
+    key = object_key(settings, tenant_id=row.tenant_id, file_id=row.id)
+    await run_in_threadpool(put_upload, settings, key=key, source=source, sha256=row.sha256)
+    try:
+        db.commit()
+    except Exception:
+        with suppress(ServiceUnavailable):  # logged there; the commit's error is the one to report
+            delete_upload(settings, key=key)  # no record, no object
+        raise
+    UploadCache.for_settings(settings).adopt(source, row.sha256)  # the spec's dry run reads it next
 
 
 def get_file(*, db: Session, tenant: Tenant, file_id: str) -> File:
@@ -70,6 +96,11 @@ def delete_file(*, db: Session, row: File, settings: Settings) -> None:
     users = [job.id for job in active if row.id in json.dumps(job.spec)]
     if users:
         raise Conflict(f"file {row.id} is used by active job(s) {', '.join(users)}")
+    if uploads_in_object_store(settings):
+        # The object goes first: a store that fails leaves the record (503, retry), never a record-less object.
+        delete_upload(settings, key=object_key(settings, tenant_id=row.tenant_id, file_id=row.id))
     db.delete(row)
     db.commit()
     (settings.files_dir / row.tenant_id / row.id).unlink(missing_ok=True)
+    if uploads_in_object_store(settings) and db.scalar(select(File.id).where(File.sha256 == row.sha256).limit(1)) is None:
+        UploadCache.for_settings(settings).forget(row.sha256)  # other hosts drop theirs at their next job

@@ -17,7 +17,8 @@ from typing import Any
 
 from app.config import Settings
 from app.errors import InvalidRequest, ServiceUnavailable
-from app.files.refs import TenantFileResolver
+from app.files.refs import file_resolver
+from app.training.files import FileResolver
 
 log = logging.getLogger("distillery.validator")
 
@@ -31,7 +32,7 @@ def _child_init() -> None:
     torch.set_num_threads(1)  # one batch per model: more threads only contend with the API for cores
 
 
-def _child_dry_run(spec_json: dict[str, Any], resolver: TenantFileResolver,
+def _child_dry_run(spec_json: dict[str, Any], resolver: FileResolver,
                    allow_torchscript: bool) -> tuple[str, Any]:
     """Runs in the validator process: ("ok", summary) or ("error", (code, message, field))."""
     from app.training import DryRunError, JobSpec, TrainingError, dry_run
@@ -85,7 +86,7 @@ def shutdown() -> None:
 
 
 def _submit(spec_json: dict[str, Any], *, tenant_id: str, settings: Settings) -> tuple[ProcessPoolExecutor, Future]:
-    resolver = TenantFileResolver(settings=settings, tenant_id=tenant_id)
+    resolver = file_resolver(settings=settings, tenant_id=tenant_id, spec=spec_json)
     pool = _get_pool(settings)
     try:
         return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript)
