@@ -188,7 +188,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                            cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
                            resolver=file_resolver(settings=settings, tenant_id=job.tenant_id, spec=job.spec),
                            allow_torchscript=settings.allow_torchscript,
-                           checkpoint_interval=settings.checkpoint_interval_seconds)
+                           checkpoint_interval=settings.checkpoint_interval_seconds,
+                           reuse_teacher_weights=True)  # a search's trials train their teachers once
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)
         worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)

@@ -27,6 +27,7 @@ from app.training.stage_data import (baseline_data, check_input_ranks, label_mas
 from app.training.strategies import plan_stages
 from app.training.target_scaling import fit_target_scales
 from app.training.teacher_targets import load_transfer_inputs, teacher_targets
+from app.training.teacher_weights import TeacherWeightsCache, trained_teacher
 from app.training.tracking import ARCHIVE_NAME, TensorBoardWriter
 
 __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "train"]
@@ -35,7 +36,7 @@ __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "tr
 def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = None,
           job_id: str | None = None, cache_dir: Path | None = None,
           resolver: FileResolver | None = None, allow_torchscript: bool = False,
-          checkpoint_interval: float = 0.0) -> Result:
+          checkpoint_interval: float = 0.0, reuse_teacher_weights: bool = False) -> Result:
     """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
 
     `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
@@ -47,6 +48,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     unsaved lets the running epoch finish and saves it, so a cancel or a worker shutdown repeats at
     most the epoch in flight either way; a killed process repeats at most the interval's epochs
     plus that one.
+    `reuse_teacher_weights`: an in-job teacher whose stage was trained before under the same key
+    (cache_dir/teacher-weights, see teacher_weights.py) is loaded instead of trained again.
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -84,10 +87,11 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
 
         # 3. In-job teachers, on the job's labelled rows or on their source domain.
         models: dict[str, nn.Module] = {}
+        weights_cache = TeacherWeightsCache(cache_dir / "teacher-weights") if reuse_teacher_weights else None
         for plan in (p for p in plans if p.role == "teacher"):
-            models[plan.name] = train_stage(run, plan, teacher_data(
+            models[plan.name] = trained_teacher(run, plan, teacher_data(
                 tasks=plan.tasks, source_dataset=plan.dataset, data=data, labelled=labelled,
-                scales=scales, seed=spec.training.seed, device=device))
+                scales=scales, seed=spec.training.seed, device=device), cache=weights_cache)
 
         # 4. Every teacher's targets on every split, standardised and combined per task.
         cache = TeacherOutputCache(cache_dir)
