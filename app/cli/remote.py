@@ -78,7 +78,8 @@ files_cli = typer.Typer(help="Upload and list files (datasets, transfer sets, te
 @files_cli.command("upload")
 def files_upload(path: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
                  purpose: Annotated[str, typer.Option(help="dataset | transfer_set | teacher_weights | "
-                                                           "teacher_onnx | teacher_outputs | teacher_torchscript")],
+                                                           "teacher_onnx | teacher_outputs | teacher_torchscript | "
+                                                           "teacher_hf")],
                  url: UrlOpt = DEFAULT_URL, api_key: KeyOpt = "") -> None:
     """Upload a file; prints its id (use it in a job spec)."""
     with _client(url, api_key) as client:

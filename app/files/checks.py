@@ -6,11 +6,12 @@ import zipfile
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from app.files.hf_check import check_hf_zip
 from app.files.uploads import BadUpload
 
 # The one list of upload purposes: the API's request/response models and OpenAPI enum use it too.
 FilePurpose = Literal["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
-                      "teacher_torchscript"]
+                      "teacher_torchscript", "teacher_hf"]
 PURPOSES: tuple[str, ...] = get_args(FilePurpose)
 # Purposes whose files run code when the engine loads them: accepted only where the server allows it.
 CODE_PURPOSES = {"teacher_torchscript": "DISTILLERY_ALLOW_TORCHSCRIPT"}
@@ -214,4 +215,6 @@ def check_content(*, path: Path, purpose: str, filename: str) -> dict[str, Any]:
         return _check_onnx(path)
     if purpose == "teacher_torchscript":
         return _check_torchscript(path)
+    if purpose == "teacher_hf":  # a zipped Hugging Face encoder: app/files/hf_check.py
+        return check_hf_zip(path)
     raise BadUpload(f"unknown purpose {purpose!r}; one of {', '.join(PURPOSES)}")

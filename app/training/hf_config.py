@@ -59,8 +59,16 @@ REMOTE_CODE_KEYS = ("auto_map", "custom_pipelines")
 _MAX_DIM = 1 << 20  # no encoder dimension is this large; a bigger one is a hostile or broken config
 
 
-def hf_error(message: str) -> TrainingError:
-    return TrainingError(code="invalid_hf_checkpoint", message=message)
+class HFCheckpointError(TrainingError):
+    """A Hugging Face checkpoint the engine refuses; `reason` says which rule (for the API's error list)."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(code="invalid_hf_checkpoint", message=message)
+        self.reason = reason  # pickle, remote_code, family, traversal, zip_bomb, mismatched_config, invalid
+
+
+def hf_error(message: str, reason: str = "invalid") -> HFCheckpointError:
+    return HFCheckpointError(message, reason=reason)
 
 
 def read_hf_config(raw: bytes | str) -> dict[str, Any]:
@@ -77,11 +85,11 @@ def read_hf_config(raw: bytes | str) -> dict[str, Any]:
     if code:
         raise hf_error(f"config.json sets {', '.join(code)}: it asks to run code shipped with the checkpoint, "
                        "which is never done (trust_remote_code is never set); use a family transformers ships: "
-                       f"{', '.join(HF_ENCODER_FAMILIES)}")
+                       f"{', '.join(HF_ENCODER_FAMILIES)}", "remote_code")
     model_type = config.get("model_type")
     if model_type not in HF_ENCODER_FAMILIES:
         raise hf_error(f"config.json model_type {model_type!r} is not an accepted encoder family; "
-                       f"one of {', '.join(HF_ENCODER_FAMILIES)}")
+                       f"one of {', '.join(HF_ENCODER_FAMILIES)}", "family")
     for key, _default in _size_keys(HF_ENCODER_FAMILIES[model_type]):
         value = config.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_DIM):
@@ -137,7 +145,7 @@ def check_tensor_shapes(config: dict[str, Any], shapes: dict[str, list[int]]) ->
     family = config["model_type"]
     if not any(name.endswith("embeddings.word_embeddings.weight") for name in shapes):
         raise hf_error(f"model.safetensors holds no embeddings.word_embeddings.weight: not a {family} encoder "
-                       "checkpoint")
+                       "checkpoint", "mismatched_config")
     wrong = []
     for name, shape in shapes.items():
         for suffix, dim_names in _SHAPE_RULES:
@@ -157,4 +165,5 @@ def check_tensor_shapes(config: dict[str, Any], shapes: dict[str, list[int]]) ->
     if found != set(range(expected_layers)):
         wrong.append(f"the weights hold {len(found)} {label}, the config says {expected_layers}")
     if wrong:
-        raise hf_error("mismatched config: config.json does not describe model.safetensors: " + "; ".join(wrong[:5]))
+        raise hf_error("mismatched config: config.json does not describe model.safetensors: " + "; ".join(wrong[:5]),
+                       "mismatched_config")

@@ -92,7 +92,7 @@ def load_hf_encoder(folder: Path, *, attn_implementation: str | None = None) -> 
         found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
         hint = f" (found {', '.join(found)}: pickles, which are never loaded)" if found else ""
         raise hf_error(f"the checkpoint has no {WEIGHTS_FILE}{hint}; save it with save_pretrained(..., "
-                       "safe_serialization=True)")
+                       "safe_serialization=True)", "pickle" if found else "invalid")
     config = read_hf_config(config_path.read_bytes())
     tokenizer, tokenizer_path = load_tokenizer(folder)
     hf_config = CONFIG_MAPPING[config["model_type"]].from_dict(
@@ -145,4 +145,12 @@ def _check_keys_and_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> No
         problems.append(f"{len(unexpected)} weight(s) the config has no place for (e.g. {', '.join(unexpected[:3])})")
     problems.extend(wrong[:3])
     if problems:
-        raise hf_error("mismatched config: config.json does not describe model.safetensors: " + "; ".join(problems))
+        raise hf_error("mismatched config: config.json does not describe model.safetensors: " + "; ".join(problems),
+                       "mismatched_config")
+
+
+def load_hf_zip(path: Path, workdir: Path, *, attn_implementation: str | None = None) -> HFEncoder:
+    """Check an uploaded teacher_hf zip, extract the files the loader reads into `workdir`, and load them."""
+    from app.training.hf_archive import extract_hf_archive
+
+    return load_hf_encoder(extract_hf_archive(path, workdir), attn_implementation=attn_implementation)

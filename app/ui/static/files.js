@@ -5,7 +5,7 @@ import { clear, el, fmtBytes, fmtTime, problemView } from "./dom.js";
 
 // The API's FilePurpose values (app/files/checks.py); tests/ui/test_static.py keeps the two lists equal.
 export const PURPOSES = ["dataset", "transfer_set", "teacher_weights", "teacher_onnx", "teacher_outputs",
-  "teacher_torchscript"];
+  "teacher_torchscript", "teacher_hf"];
 
 function fileRow(f) {
   return el("tr", { "data-file-id": f.id },

@@ -1,0 +1,72 @@
+"""teacher_hf uploads over real HTTP (uvicorn): a good checkpoint zip is kept, each hostile one is a 400 and
+nothing of it stays on disk or in the file list."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.auth import create_api_key
+from app.config import Settings
+from app.db import session_scope
+from tests.hf_zips import hostile_zips, save_tiny_bert, zip_folder
+from tests.procs import api_argv, env_for, free_port, running, wait_http
+
+
+@pytest.fixture
+def api(settings: Settings, tmp_path: Path) -> Iterator[tuple[httpx.Client, Settings]]:
+    with session_scope(settings.resolved_database_url) as db:
+        key = create_api_key(db=db, tenant_name="acme")[1]
+    port = free_port()
+    with running(api_argv(port), env=env_for(settings, DISTILLERY_RATE_LIMIT=""), log=tmp_path / "api.log") as proc:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=90)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                          timeout=60) as http:
+            yield http, settings
+        assert "Traceback" not in proc.output(), proc.output()[-3000:]
+
+
+def _upload(http: httpx.Client, path: Path) -> httpx.Response:
+    with path.open("rb") as fh:
+        return http.post("/v1/files", data={"purpose": "teacher_hf"}, files={"file": (path.name, fh)})
+
+
+def _stored(settings: Settings) -> list[Path]:
+    return [p for p in settings.files_dir.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_hostile_checkpoints_are_refused_with_a_400_and_nothing_kept(api: tuple[httpx.Client, Settings],
+                                                                    tmp_path: Path) -> None:
+    http, settings = api
+    folder = save_tiny_bert(tmp_path / "ckpt")
+    (tmp_path / "zips").mkdir()
+    for case, (path, reason, phrase) in hostile_zips(folder, tmp_path / "zips").items():
+        r = _upload(http, path)
+        assert r.status_code == 400, (case, r.text)
+        assert r.headers["content-type"] == "application/problem+json", case
+        body = r.json()
+        assert body["code"] == "invalid_upload" and phrase in body["detail"], (case, body)
+        assert body["errors"] == [{"field": "body.file", "message": body["detail"], "type": reason}], case
+        assert _stored(settings) == [], (case, _stored(settings))  # neither kept nor extracted
+    raw = tmp_path / "weights.bin"  # a bare pickle sent as teacher_hf
+    raw.write_bytes(b"\x80\x04\x95" + bytes(32))
+    r = _upload(http, raw)
+    assert r.status_code == 400 and "pickle" in r.json()["detail"]
+    assert http.get("/v1/files").json()["data"] == [] and _stored(settings) == []
+    assert not Path("/tmp/distillery-pwned").exists()
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_checkpoint_zip_is_accepted_with_its_summary(api: tuple[httpx.Client, Settings], tmp_path: Path) -> None:
+    http, settings = api
+    path = zip_folder(save_tiny_bert(tmp_path / "ckpt"), tmp_path / "tiny-bert.zip", top="tiny-bert/")
+    r = _upload(http, path)
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["purpose"] == "teacher_hf" and body["size"] == path.stat().st_size
+    assert {k: body["meta"][k] for k in ("format", "model_type", "tokenizer", "layers", "hidden_size")} == {
+        "format": "hf_zip", "model_type": "bert", "tokenizer": "vocab.txt", "layers": 2, "hidden_size": 16}
+    assert [p.read_bytes() for p in _stored(settings)] == [path.read_bytes()]  # kept as sent, not extracted
+    assert [f["id"] for f in http.get("/v1/files", params={"purpose": "teacher_hf"}).json()["data"]] == [body["id"]]
