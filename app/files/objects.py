@@ -121,8 +121,12 @@ class UploadCache:
 
     def adopt(self, source: Path, sha256: str) -> None:
         """Keep an upload this host has just checked and hashed (the API: its validator reads it next)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        os.replace(source, self.path(sha256))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.replace(source, self.path(sha256))
+        except OSError as exc:  # only a saved download: the upload itself is stored already
+            log.warning("upload %s: not kept in this host's copies (%s); it is downloaded when a job needs it",
+                        sha256, exc)
 
     def forget(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
