@@ -26,7 +26,7 @@ os.register_at_fork(before=_SWEEPING.acquire, after_in_parent=_SWEEPING.release,
 
 
 @lru_cache(maxsize=4)
-def _unpooled_sessions(url: str) -> sessionmaker[Session]:
+def unpooled_sessions(url: str) -> sessionmaker[Session]:
     """Sessions whose connection is closed when the session ends.
 
     The reaper runs in the worker's main process, which forks a fresh pool process for every job;
@@ -38,7 +38,7 @@ def _unpooled_sessions(url: str) -> sessionmaker[Session]:
 
 def reap_once(settings: Settings) -> list[str]:
     """Run one sweep; return the ids sent to the queue again (requeued or resent)."""
-    with _unpooled_sessions(settings.resolved_database_url)() as db:
+    with unpooled_sessions(settings.resolved_database_url)() as db:
         requeued = reap_stale_jobs(db=db, stale_after=timedelta(seconds=settings.stale_after_seconds),
                                    max_attempts=settings.max_attempts)
         waiting = resend_waiting_jobs(db=db, waiting_longer_than=timedelta(seconds=settings.resend_queued_after_seconds))

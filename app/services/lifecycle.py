@@ -114,32 +114,56 @@ def reap_stale_jobs(*, db: Session, stale_after: timedelta, max_attempts: int) -
     """
     cutoff = utcnow() - stale_after
     stale = list(db.scalars(select(Job).where(Job.status == JobStatus.RUNNING, Job.heartbeat_at < cutoff)))
-    requeued = []
-    for job in stale:
-        if job.attempt >= max_attempts:
-            values: dict[str, Any] = {"status": JobStatus.FAILED, "lease_owner": None, "finished_at": utcnow(),
-                                      "error_code": "worker_lost",
-                                      "error_message": f"the worker stopped responding on each of {job.attempt} attempts"}
-            kind = "failed"
-        elif job.cancel_requested:
-            values = {"status": JobStatus.CANCELLED, "lease_owner": None, "finished_at": utcnow()}
-            kind = "cancelled"
-        else:
-            values = {"status": JobStatus.QUEUED, "lease_owner": None, "enqueued_at": utcnow()}
-            kind = "requeued"
-        # Conditional on the stale owner, so a worker that revives in between keeps its job.
-        changed = db.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_owner,
-                                               Job.status == JobStatus.RUNNING).values(**values),
-                             execution_options=_NO_SYNC).rowcount
-        if changed:
-            data = {"reason": "heartbeat_stale", "attempt": job.attempt}
-            if kind == "failed":
-                data.update(code="worker_lost", message=values["error_message"])
-            add_event(db=db, job_id=job.id, kind=kind, data=data)
-            if kind == "requeued":
-                requeued.append(job.id)
+    requeued = [job.id for job in stale
+                if _hand_back_lost(db=db, job=job, reason="heartbeat_stale", max_attempts=max_attempts) == "requeued"]
     db.commit()
     return requeued
+
+
+def requeue_job_of_dead_process(*, db: Session, job_id: str, owner_prefix: str, max_attempts: int,
+                                detail: dict[str, Any]) -> str | None:
+    """Hand back a running job whose lease owner starts with ``owner_prefix`` (``host:pid:``), whose
+    process is known dead; return "requeued", "failed", "cancelled", or None when no such lease holds.
+
+    The worker's main process calls this as soon as its pool child dies, instead of waiting for the
+    heartbeat to go stale. The prefix names the dead pid on this host; the conditional UPDATE in
+    ``_hand_back_lost`` keys on the exact owner read here, so a job another process claimed in
+    between is never taken from it.
+    """
+    job = db.scalar(select(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING,
+                                      Job.lease_owner.startswith(owner_prefix, autoescape=True)))
+    kind = None if job is None else _hand_back_lost(db=db, job=job, reason="worker_process_died",
+                                                     max_attempts=max_attempts, detail=detail)
+    db.commit()
+    return kind
+
+
+def _hand_back_lost(*, db: Session, job: Job, reason: str, max_attempts: int,
+                    detail: dict[str, Any] | None = None) -> str | None:
+    """Requeue a running job whose worker is gone, or fail it after ``max_attempts`` (cancel it if
+    asked); return the event kind written, or None when the job's lease changed meanwhile."""
+    if job.attempt >= max_attempts:
+        values: dict[str, Any] = {"status": JobStatus.FAILED, "lease_owner": None, "finished_at": utcnow(),
+                                  "error_code": "worker_lost",
+                                  "error_message": f"the worker or its job process was lost on each of {job.attempt} attempts"}
+        kind = "failed"
+    elif job.cancel_requested:
+        values = {"status": JobStatus.CANCELLED, "lease_owner": None, "finished_at": utcnow()}
+        kind = "cancelled"
+    else:
+        values = {"status": JobStatus.QUEUED, "lease_owner": None, "enqueued_at": utcnow()}
+        kind = "requeued"
+    # Conditional on the lost owner, so a worker that revives in between keeps its job.
+    changed = db.execute(update(Job).where(Job.id == job.id, Job.lease_owner == job.lease_owner,
+                                           Job.status == JobStatus.RUNNING).values(**values),
+                         execution_options=_NO_SYNC).rowcount
+    if not changed:
+        return None
+    data = {"reason": reason, "attempt": job.attempt, **(detail or {})}
+    if kind == "failed":
+        data.update(code="worker_lost", message=values["error_message"])
+    add_event(db=db, job_id=job.id, kind=kind, data=data)
+    return kind
 
 
 def resend_waiting_jobs(*, db: Session, waiting_longer_than: timedelta) -> list[str]:
