@@ -12,16 +12,17 @@ VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "dress", "fits", "
          "love", "it", "not", "great", "runs", "large", "fabric", "soft", "##s", "##es"]
 
 
-def save_tiny_bert(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 16) -> Path:
+def save_tiny_bert(folder: Path, *, seed: int = 0, layers: int = 2, hidden: int = 16,
+                   vocab: list[str] = VOCAB) -> Path:
     """Save a tiny random BertModel with save_pretrained (safetensors) and a WordPiece vocab.txt."""
     import torch
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(seed)
-    model = BertModel(BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
+    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                                  num_attention_heads=2, intermediate_size=2 * hidden, max_position_embeddings=64))
     model.save_pretrained(folder, safe_serialization=True)
-    (folder / "vocab.txt").write_text("\n".join(VOCAB) + "\n")
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     return folder
 
 
