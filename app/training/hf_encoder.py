@@ -83,6 +83,7 @@ def load_tokenizer(folder: Path) -> tuple["Tokenizer", Path]:
 
 def load_hf_encoder(folder: Path, *, attn_implementation: str | None = None) -> HFEncoder:
     """Build the encoder from config.json, load model.safetensors into it after checking every key and shape."""
+    import torch
     from safetensors import safe_open
     from transformers import AutoModel
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
@@ -100,19 +101,24 @@ def load_hf_encoder(folder: Path, *, attn_implementation: str | None = None) -> 
     tokenizer, tokenizer_path = load_tokenizer(folder)
     hf_config = CONFIG_MAPPING[config["model_type"]].from_dict(
         {k: v for k, v in config.items() if k != "model_type"})
-    model = AutoModel.from_config(hf_config, **({"attn_implementation": attn_implementation}
-                                                if attn_implementation else {}))
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # First on the meta device (no memory): a config whose sizes the file does not hold (a vocabulary
+    # of a million rows, say) is refused before anything that large is allocated.
+    with torch.device("meta"):
+        shell = AutoModel.from_config(hf_config, **options)
     try:
         with safe_open(str(weights_path), framework="pt") as weights:
-            encoder_keys, extra = _encoder_keys(list(weights.keys()), model.base_model_prefix)
-            _drop_absent_pooler(model, encoder_keys)
-            _check_keys_and_shapes(model, {name: list(weights.get_slice(key).get_shape())
+            encoder_keys, extra = _encoder_keys(list(weights.keys()), shell.base_model_prefix)
+            _drop_absent_pooler(shell, encoder_keys)
+            _check_keys_and_shapes(shell, {name: list(weights.get_slice(key).get_shape())
                                            for name, key in encoder_keys.items()})
             state = {name: weights.get_tensor(key) for name, key in encoder_keys.items()}
     except TrainingError:
         raise
     except Exception as exc:  # safetensors' errors for a broken or truncated file: the uploader's
         raise hf_error(f"{WEIGHTS_FILE} is not a readable safetensors file: {exc}") from exc
+    model = AutoModel.from_config(hf_config, **options)
+    _drop_absent_pooler(model, encoder_keys)
     persistent = model.state_dict()
     model.load_state_dict({k: v for k, v in state.items() if k in persistent}, strict=True)
     model.eval()

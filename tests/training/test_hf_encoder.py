@@ -203,3 +203,12 @@ def test_header_shape_rules_accept_every_family_and_catch_a_wrong_hidden_size(mo
 def test_minilm_folder_copy_loads_from_anywhere(tmp_path: Path) -> None:
     shutil.copytree(builtin_backbone_folder("minilm-l6"), tmp_path / "m")
     assert load_hf_encoder(tmp_path / "m").config["hidden_size"] == 384
+
+
+def test_a_huge_config_is_refused_before_anything_that_large_is_allocated(tmp_path: Path) -> None:
+    """A 2**20 x 2**20 embedding (4 TiB) built for real would fail to allocate; the meta check refuses it first."""
+    save_tiny_bert(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "vocab_size": 1 << 20, "hidden_size": 1 << 20}))
+    with pytest.raises(TrainingError, match="mismatched config"):
+        load_hf_encoder(tmp_path)
