@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from app.training.teacher_targets import SoftTargets
 
 Tensors = dict[str, torch.Tensor]
-Placement = Literal["device", "stream"]
+Placement = Literal["device", "stream", "disk"]
 CUDA_BUDGET = 0.5  # share of the free device memory the training rows may take under "auto"
 
 
@@ -50,7 +50,7 @@ def choose_placement(requested: str, device: torch.device, *, nbytes: int,
                      mapped: bool) -> tuple[Placement, str]:
     """Return the placement of a stage's rows and why (the note the job reports)."""
     size = f"{nbytes / 2**20:.1f} MiB of training rows"
-    if requested == "device" or requested == "stream":
+    if requested in ("device", "stream", "disk"):
         return requested, f"data placement '{requested}' (as the spec asks; {size})"
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
@@ -132,6 +132,10 @@ class Batches:
                                  # which must not advance the global RNG that dropout and noise use
                                  generator=torch.Generator().manual_seed(0))
         self.has_soft = soft is not None
+
+    def draw_order(self, generator: torch.Generator) -> torch.Tensor:
+        """Return the next epoch's permutation of the rows (n,), on the CPU."""
+        return torch.randperm(self.rows, generator=generator)
 
     def epoch(self, order: torch.Tensor) -> Iterator[RowBatch]:
         """Yield the batches of one epoch; `order` (n,) is the epoch's permutation on the CPU."""

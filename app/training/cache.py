@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from app.training.datasets.rowstore import DiskRows
+
 # Bump when the way inputs reach a teacher, or what an identity covers, changes: old keys must
 # not match. v2: identities cover output settings, architecture and tasks, not only the bytes.
 PREPROCESSING = "float32-rows-v2"
@@ -29,6 +31,9 @@ def tensor_sha256(*tensors: torch.Tensor) -> str:
     """Return the sha256 of the tensors' shapes, dtypes and bytes."""
     digest = hashlib.sha256()
     for tensor in tensors:
+        if isinstance(tensor, DiskRows):  # rows on disk: the store's own hash of their bytes
+            digest.update(f"disk{tuple(tensor.shape)}{tensor.np_dtype.str}{tensor.sha256}{tensor.ops};".encode())
+            continue
         tensor = tensor.detach().cpu().contiguous()
         digest.update(f"{tuple(tensor.shape)}{tensor.dtype};".encode())
         # reshape: a 0-dim tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes

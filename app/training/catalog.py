@@ -179,6 +179,9 @@ DATA_PLACEMENTS: dict[str, str] = {
     "auto": "device unless the rows do not fit (see docs/PERFORMANCE.md)",
     "device": "every training tensor on the training device; batches are index slices",
     "stream": "rows stay on the CPU; a DataLoader gathers each batch",
+    "disk": ("an uploaded parquet or npz file is read in chunks into row stores on disk; "
+             "training, the teacher pass and evaluation read them chunk by chunk (data larger "
+             "than memory)"),
 }
 EXPORT_FORMATS: dict[str, str] = {
     "safetensors": "student.safetensors + student.json (rebuilds the model)",

@@ -17,6 +17,7 @@ from torch import nn
 from app.training.cache import TeacherOutputCache
 from app.training.callbacks import CallbackChain, TrainCallbacks
 from app.training.checkpoint import CheckpointWriter, load_checkpoint, new_checkpoint
+from app.training.datasets.streamed import load_disk_data
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.results import Result, write_results
@@ -25,6 +26,7 @@ from app.training.stage import Run, train_stage
 from app.training.stage_data import (baseline_data, check_input_ranks, label_mask, load_job_data,
                                      student_data, teacher_data)
 from app.training.strategies import plan_stages
+from app.training.streamed_targets import streamed_teacher_targets
 from app.training.target_scaling import fit_target_scales
 from app.training.teacher_targets import load_transfer_inputs, teacher_targets
 from app.training.teacher_weights import TeacherWeightsCache, trained_teacher
@@ -61,8 +63,13 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     device = resolve_device(spec.training.device, deterministic=spec.training.deterministic)
 
     # 1. Data: train / validation / test, the label subset, the transfer rows, target scales.
-    data = load_job_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
-                         resolver=resolver, device=device)
+    on_disk = spec.training.data_placement == "disk"  # an upload larger than memory, in chunks
+    if on_disk:
+        data = load_disk_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
+                              resolver=resolver, device=device, directory=workdir / "rows")
+    else:
+        data = load_job_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
+                             resolver=resolver, device=device)
     check_input_ranks(spec, data.input_shape, data.layout)
     for note in data.notes:
         callbacks.on_note(message=note)
@@ -95,9 +102,15 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
 
         # 4. Every teacher's targets on every split, standardised and combined per task.
         cache = TeacherOutputCache(cache_dir)
-        targets = teacher_targets(spec, data=data, transfer_x=transfer_x, trained=models,
-                                  scales=scales, resolver=resolver,
-                                  allow_torchscript=allow_torchscript, cache=cache, device=device)
+        if on_disk:  # chunk by chunk; train targets stay on disk
+            targets = streamed_teacher_targets(
+                spec, data=data, trained=models, scales=scales, resolver=resolver,
+                allow_torchscript=allow_torchscript, cache=cache, device=device,
+                directory=workdir / "rows" / "soft")
+        else:
+            targets = teacher_targets(spec, data=data, transfer_x=transfer_x, trained=models,
+                                      scales=scales, resolver=resolver,
+                                      allow_torchscript=allow_torchscript, cache=cache, device=device)
         for note in targets.notes:
             callbacks.on_note(message=note)
         if spec.distillation.online:

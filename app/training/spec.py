@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EMBEDDING_ARCHS,
                                   EXPORT_FORMATS, ExportFormat)
@@ -221,6 +221,13 @@ class JobSpec(_Strict):
                 "baseline: with distillation.label_fraction 0 the no-KD baseline has no labels "
                 "to learn from; set baseline to false"))
         return baseline
+
+    @model_validator(mode="after")
+    def _disk_rows_stream(self) -> "JobSpec":
+        from app.training.spec_disk import check_disk_placement
+
+        check_disk_placement(self, _error)  # what a job whose rows stay on disk may ask for
+        return self
 
     @field_validator("transfer_set")
     @classmethod

@@ -29,6 +29,7 @@ from app.training.spec import JobSpec
 from app.training.stage_data import StageData
 from app.training.strategies import (Batch, StagePlan, stage_coefficients, stage_term_plan,
                                      steps_per_epoch)
+from app.training.streamed_batches import DiskBatches
 from app.training.target_scaling import TargetScale
 from app.training.teacher_targets import Teacher, online_targets
 from app.training.weighting import TaskWeighting, build_weighting
@@ -151,16 +152,16 @@ def train_stage(run: Run, plan: StagePlan, data: StageData, *,
         mapped=run.mapped and soft is not None)
     run.placements[plan.name] = placement
     run.callbacks.on_note(message=f"stage '{plan.name}': {why}")
-    batches = Batches(x=data.x, targets=data.targets, labelled=data.labelled, soft=soft,
-                      placement=placement, device=run.device, batch_size=plan.batch_size,
-                      soft_tasks=set(plan.soft_tasks), features=plan.features,
-                      workers=run.spec.training.loader_workers)
+    batches = (DiskBatches if placement == "disk" else Batches)(
+        x=data.x, targets=data.targets, labelled=data.labelled, soft=soft, placement=placement,
+        device=run.device, batch_size=plan.batch_size, soft_tasks=set(plan.soft_tasks),
+        features=plan.features, workers=run.spec.training.loader_workers)
     _run_epochs(run, plan, staged, data, batches)
     return staged.model.eval()
 
 
 def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
-                batches: Batches) -> None:
+                batches: Batches | DiskBatches) -> None:
     training = run.spec.training
     params = [p for name, p in staged.named_parameters()
               if plan.trains_heads or not name.startswith("model.heads.")]
@@ -246,7 +247,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
 
 def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callable[..., Any],
                  optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
-                 batches: Batches) -> tuple[dict[str, float], int]:
+                 batches: Batches | DiskBatches) -> tuple[dict[str, float], int]:
     """Run one epoch: a pass over the stage's rows, or `plan.epoch_steps` steps over as many
     reshuffled passes as that takes; return the sample-weighted mean of each loss term and the
     steps taken.
@@ -324,12 +325,12 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     return losses, taken
 
 
-def _epoch_batches(batches: Batches, generator: torch.Generator, *,
+def _epoch_batches(batches: Batches | DiskBatches, generator: torch.Generator, *,
                    steps: int | None) -> Iterator[RowBatch]:
     """Yield one epoch's batches: one seeded pass, or exactly `steps` over fresh passes."""
     taken = 0
     while True:
-        order = torch.randperm(batches.rows, generator=generator)  # (n,) on the CPU
+        order = batches.draw_order(generator)  # (n,) on the CPU; "disk": a chunk plan
         for rows in batches.epoch(order):
             yield rows
             taken += 1

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from app.training.datasets.rowstore import DiskRows
 from app.training.spec import TaskSpec
 
 Tensors = dict[str, torch.Tensor]
@@ -28,9 +29,13 @@ def fit_target_scales(y_train: Tensors, tasks: Sequence[TaskSpec]) -> dict[str, 
     scales = {}
     for task in tasks:
         if task.kind == "regression":
-            y = y_train[task.name].double()  # (n_train,)
-            std = y.std(correction=0).item()
-            scales[task.name] = TargetScale(mean=y.mean().item(), std=std if std > 0 else 1.0)
+            column = y_train[task.name]
+            if isinstance(column, DiskRows):  # rows on disk: one chunked pass
+                mean, std = column.mean_std()
+            else:
+                y = column.double()  # (n_train,)
+                mean, std = y.mean().item(), y.std(correction=0).item()
+            scales[task.name] = TargetScale(mean=mean, std=std if std > 0 else 1.0)
     return scales
 
 
