@@ -8,6 +8,7 @@ from functools import lru_cache
 from sqlalchemy import DateTime, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -61,6 +62,15 @@ def get_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+@lru_cache(maxsize=8)
+def pool_capacity(url: str) -> int | None:
+    """How many connections the URL's pool hands out at once (size + overflow); None when unbounded."""
+    pool = get_engine(url).pool
+    if isinstance(pool, QueuePool):
+        return pool.size() + max(pool._max_overflow, 0)  # no public getter for the overflow
+    return None
 
 
 @lru_cache(maxsize=16)

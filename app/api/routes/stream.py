@@ -6,7 +6,7 @@ from fastapi import APIRouter, Header, Path, Query
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep, release_session
 from app.api.problems import problems
 from app.services.streams import EventStream, open_event_stream
 
@@ -41,7 +41,7 @@ async def stream_job_events(
     """Follow a job's events live; a reconnect with Last-Event-ID resumes after that event."""
     # The key check's session would close only when the response ends, hours later for a stream: each
     # open stream held a pooled connection, and 15 streams used up SQLite's pool. Give it back now.
-    db.close()
+    release_session(db)
     start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
     stream = await open_event_stream(url=settings.resolved_database_url, tenant=tenant, job_id=job_id,
                                      after=start, cap=settings.max_streams_per_tenant)
