@@ -99,8 +99,25 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "feature_taps": ["trunk", "task:<task>"],
     },
 }
+ARCHITECTURES["transformer"] = {
+    "description": ("tokenised text (2, max_length): a BERT encoder (transformers BertConfig) "
+                    "built from the sizes, or a pretrained `backbone` (teachers); cls or mean "
+                    "pooling; one head per task (archs_text.py)"),
+    "fields": {"layers": "encoder layers (default 2)", "hidden_size": "width (default 128)",
+               "attention_heads": "heads (default 4; divides hidden_size)",
+               "intermediate_size": "feed-forward width (default 512)",
+               "pooling": "'cls' (default) or 'mean' over real tokens",
+               "backbone": ("pretrained encoder: 'minilm-l6' or an uploaded teacher_hf file; its "
+                            "config sets the sizes (teachers only)"),
+               "finetune": "with a backbone: 'heads' (default; backbone frozen) or 'all'",
+               "init_from_teacher": ("students: copy the transformer teacher's embeddings and "
+                                     "every k-th layer (DistilBERT); sizes must match the teacher's"),
+               "prune_vocab": "students: embedding rows only for the token ids seen in training",
+               "head": "list of per-task head widths", "dropout": "encoder dropout"},
+    "feature_taps": ["trunk"],
+}
 # Input ranks (without the batch axis) each architecture accepts; mlp, mmoe, ple flatten anything.
-ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"cnn1d": (1, 2), "cnn2d": (2, 3), "resnet": (2, 3),
+ARCH_INPUT_RANKS: dict[str, tuple[int, ...]] = {"transformer": (2,), "cnn1d": (1, 2), "cnn2d": (2, 3), "resnet": (2, 3),
                                                 "mobilenet": (2, 3)}
 # The architectures that flatten their input, and so may start with a table's embeddings
 # (dataset.encoding "embedding"); the others refuse category codes.
@@ -125,7 +142,12 @@ STRATEGIES: dict[str, str] = {
 LOSS_TERMS: dict[str, str] = {
     "soft": "per-task KD term against the teachers' ensemble at temperature T",
     "feature": "normalised MSE between the student's trunk (through an adaptor) and each teacher's",
+    "hidden": ("transformers: TinyBERT MSE between the student's hidden states (learned projection) "
+               "and the teacher's on distillation.layer_map pairs; the teacher runs online"),
+    "attention": ("transformers: TinyBERT MSE between attention distributions of mapped layers "
+                  "(head means when head counts differ); the teacher runs online"),
 }
+LAYER_TERMS = {"hidden", "attention"}
 # The loss terms each preset adds to the per-task hard loss.
 PRESET_TERMS: dict[str, list[str]] = {
     "task_kd": ["soft"], "feature_kd": ["feature"], "cascaded": ["soft"], "transfer": ["soft"]}

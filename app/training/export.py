@@ -26,6 +26,7 @@ from torch import nn
 
 from app.training.checkpoint import atomic_path
 from app.training.datasets.splits import TableLayout
+from app.training.export_text import load_text_student
 from app.training.models import build_model
 from app.training.spec import ArchSpec, TaskSpec
 
@@ -113,17 +114,21 @@ def write_onnx(model: nn.Module, *, task_names: Sequence[str], input_shape: Sequ
     return path
 
 
-def load_student(directory: Path | str) -> nn.Module:
+def load_student(directory: Path | str) -> Any:
     """Rebuild the student from student.json + student.safetensors in `directory`.
 
     Returns the model in eval mode on the CPU; `model(x)` with x of shape
     (batch, *input_shape) returns {task: logits (batch, num_classes or 1)}, regression tasks in
-    their original units.
+    their original units. A text student (student.json has "text") comes back as an
+    export_text.TextStudent: `.model`, `.tokenizer`, and `.predict(strings)`.
     """
     directory = Path(directory)
     config = json.loads((directory / CONFIG_NAME).read_text())
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"unsupported student format version {config.get('format_version')!r}")
+    if config.get("text") is not None:
+        return load_text_student(directory, config, weights=directory / WEIGHTS_NAME,
+                                 original_units=answer_in_original_units)
     model = build_model(ArchSpec.model_validate(config["arch"]), input_shape=config["input_shape"],
                         tasks=[TaskSpec.model_validate(task) for task in config["tasks"]],
                         layout=TableLayout.from_json(config.get("layout")))

@@ -30,6 +30,8 @@ from app.training.streamed_targets import streamed_teacher_targets
 from app.training.target_scaling import fit_target_scales
 from app.training.teacher_targets import load_transfer_inputs, teacher_targets
 from app.training.teacher_weights import TeacherWeightsCache, trained_teacher
+from app.training.text import is_text_job, load_text_data
+from app.training.text_kd import layer_distiller, student_init
 from app.training.tracking import ARCHIVE_NAME, TensorBoardWriter
 
 __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "train"]
@@ -67,9 +69,10 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     if on_disk:
         data = load_disk_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
                               resolver=resolver, device=device, directory=workdir / "rows")
-    else:
+    else:  # a text job reads its texts and tokenises them first (text.py)
         data = load_job_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
-                             resolver=resolver, device=device)
+                             resolver=resolver, device=device, loaded=load_text_data(
+                                 spec, resolver=resolver, cache_dir=cache_dir) if is_text_job(spec) else None)
     check_input_ranks(spec, data.input_shape, data.layout)
     for note in data.notes:
         callbacks.on_note(message=note)
@@ -116,6 +119,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
         if spec.distillation.online:
             run.online_teachers = targets.teachers  # the spec refuses online precomputed outputs
         run.mapped = bool(cache.mapped)
+        run.layer_kd = layer_distiller(spec, targets.teachers)  # text: hidden / attention terms
 
         # 5. The student stage(s), then the baseline on the labelled rows with the same steps.
         students = student_data(data, transfer_x=transfer_x, labelled=labelled, soft=targets.soft,
@@ -125,6 +129,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             stage_rows = (baseline_data(data, labelled=labelled, scales=scales)
                           if plan.role == "baseline" else students)
             init = previous if plan.role == "student" else None  # cascaded: start from stage 1
+            if plan.role == "student" and spec.student.init_from_teacher:  # DistilBERT-style
+                init = student_init(spec, data, targets.teachers)
             models[plan.name] = train_stage(run, plan, stage_rows, init=init)
             if plan.role == "student_trunk":
                 previous = models[plan.name].state_dict()

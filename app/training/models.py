@@ -29,9 +29,11 @@ import torch
 from torch import nn
 
 from app.training.archs_mtl import MMoE, PLE
+from app.training.archs_text import build_text_model
 from app.training.archs_vision import ResidualBlock, residual_body
 from app.training.catalog import ARCH_INPUT_RANKS, EMBEDDING_ARCHS
 from app.training.datasets.splits import TableLayout
+from app.training.datasets.text_inputs import TextInputs
 from app.training.spec import ArchSpec, TaskSpec
 from app.training.tabular import TabularEmbedding
 
@@ -218,17 +220,20 @@ def build_ple(arch: ArchSpec, *, input_shape: Sequence[int], outputs: dict[str, 
 
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "mlp": build_mlp, "cnn1d": build_cnn, "cnn2d": build_cnn, "resnet": build_residual_cnn,
-    "mobilenet": build_residual_cnn, "mmoe": build_mmoe, "ple": build_ple}
+    "mobilenet": build_residual_cnn, "mmoe": build_mmoe, "ple": build_ple,
+    "transformer": build_text_model}
 
 
 def build_model(arch: ArchSpec, *, input_shape: Sequence[int], tasks: Sequence[TaskSpec],
-                layout: TableLayout | None = None) -> nn.Module:
+                layout: TableLayout | None = None, text: TextInputs | None = None) -> nn.Module:
     """Build a zoo model with one head per task; forward(x) -> {task: logits}.
 
     `layout`: the inputs are a table's numbers and category codes (the embedding encoding);
     only the architectures in EMBEDDING_ARCHS take one.
     """
     outputs = {task.name: output_size(task) for task in tasks}
+    if arch.type == "transformer":  # tokenised text: `text` names the tokenizer and backbones
+        return build_text_model(arch, input_shape=input_shape, outputs=outputs, text=text)
     if layout is None:
         return ARCHITECTURES[arch.type](arch, input_shape=input_shape, outputs=outputs)
     if arch.type not in EMBEDDING_ARCHS:

@@ -1,8 +1,10 @@
 """A job's dry run: resolve its data and teachers, push one batch through every model on CPU, and
 summarise what training would do (no training, nothing written)."""
 
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,8 +20,11 @@ from app.training.stage_data import check_input_ranks, label_mask, stratify_task
 from app.training.strategies import plan_stages, steps_per_epoch
 from app.training.teacher_targets import build_teacher, precomputed_rows, read_transfer_file
 from app.training.teachers import PrecomputedTeacher
+from app.training.text import is_text_job, load_text_data
+from app.training.text_kd import text_summary
 
 BATCH_ROWS = 8
+DRY_RUN_CACHE = Path(tempfile.gettempdir()) / "distillery-dry-run"
 FLOAT_BYTES = 4
 
 # Built-in datasets loaded by a long-lived validator process, by (name, task names): they never change,
@@ -72,6 +77,7 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
             "labelled": len(data.x_train) if labelled is None else int(labelled.sum()),
             "transfer": transfer_rows}
     teacher_params: dict[str, int | None] = {}
+    layer_models: dict[str, Any] = {}  # text jobs: each teacher's model (layers and width)
     with torch.no_grad():
         for index, teacher in enumerate(spec.teachers):
             tasks = [spec.task(name) for name in teacher.tasks]
@@ -79,19 +85,21 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
                 if teacher.source.train is not None:
                     model = build_model(teacher.source.train.arch, input_shape=data.input_shape, tasks=tasks,
                                         layout=data.layout if teacher.source.train.dataset is None
-                                        else None).eval()
+                                        else None, text=data.text).eval()
                     _check_outputs(model(batch), tasks, where=f"teachers[{teacher.name}]")
                     teacher_params[teacher.name] = count_params(model)
+                    layer_models[teacher.name] = model
                     continue
                 built = build_teacher(spec, teacher, trained=None, input_shape=data.input_shape,
                                       rows=precomputed_rows(data), resolver=resolver,
-                                      allow_torchscript=allow_torchscript, layout=data.layout)
+                                      allow_torchscript=allow_torchscript, layout=data.layout,
+                                      text=data.text)
                 if not isinstance(built, PrecomputedTeacher):  # precomputed outputs are checked when loaded
                     _check_outputs(built.outputs(batch).logits, tasks, where=f"teachers[{teacher.name}]")
                 teacher_params[teacher.name] = getattr(built, "params", None)
         with _blame("body.student"):
             student = build_model(spec.student, input_shape=data.input_shape, tasks=list(spec.tasks),
-                                  layout=data.layout).eval()
+                                  layout=data.layout, text=data.text).eval()
             _check_outputs(student(batch), spec.tasks, where="student")
     student_params = count_params(student)
     known = [p for p in teacher_params.values() if p is not None]
@@ -115,10 +123,14 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
         "compression_ratio": round(sum(known) / student_params, 2) if known else None,
         "stages": stages,
         "teacher_cache_bytes_estimate": cached_rows * out_width * FLOAT_BYTES * len(spec.teachers),
+        # text jobs: the tokenizer, and why hidden states run online (their would-be cache size)
+        **({"text": text_summary(spec, data, teachers=layer_models)} if data.text is not None else {}),
     }
 
 
 def _load(spec: JobSpec, *, resolver: FileResolver, cache_builtin: bool) -> DatasetSplits:
+    if is_text_job(spec):  # tokenised as a job would; tokens cached under the temp directory
+        return load_text_data(spec, resolver=resolver, cache_dir=DRY_RUN_CACHE)
     if not cache_builtin or spec.dataset.builtin is None:
         return load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
     key = (spec.dataset.builtin, spec.dataset.encoding, tuple(task.name for task in spec.tasks))

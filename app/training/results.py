@@ -20,7 +20,9 @@ from app.training.datasets.splits import DatasetSplits
 from app.training.diagnostics import diagnose
 from app.training.evaluate import (PRIMARY_METRICS, all_task_metrics, compare_tasks, cpu_latency_us,
                                    predict, task_metrics)
-from app.training.export import write_onnx, write_safetensors, write_student_config
+from app.training.export import (CONFIG_NAME, ONNX_NAME, answer_in_original_units, write_onnx,
+                                 write_safetensors, write_student_config)
+from app.training.export_text import write_text_exports
 from app.training.models import count_params
 from app.training.report import write_report
 from app.training.spec import JobSpec
@@ -84,7 +86,12 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
                                       directory=out, target_scales=scales, layout=data.layout)]
     if "safetensors" in spec.export:
         artifacts.append(write_safetensors(student, directory=out))
-    if "onnx" in spec.export:
+    if data.text is not None:  # token-id inputs, tokenizer.json (export_text.py)
+        artifacts += write_text_exports(
+            student, tasks=spec.tasks, text=data.text, config_path=out / CONFIG_NAME,
+            onnx_path=out / ONNX_NAME if "onnx" in spec.export else None, target_scales=scales,
+            original_units=answer_in_original_units)
+    elif "onnx" in spec.export:
         artifacts.append(write_onnx(student, task_names=[task.name for task in spec.tasks],
                                     input_shape=data.input_shape, directory=out, target_scales=scales))
     artifacts.append(_write_metrics_csv(history, out / "metrics.csv"))

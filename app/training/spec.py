@@ -294,6 +294,13 @@ class JobSpec(_Strict):
             raise _error("duplicate_format", "export: a format is listed twice")
         return formats
 
+    @model_validator(mode="after")
+    def _text_fits_models(self) -> "JobSpec":
+        from app.training.spec_text import check_text_job
+
+        check_text_job(self, _error)  # text <-> transformer archs; layer terms need one teacher
+        return self
+
     def task(self, name: str) -> TaskSpec:
         """Return the task called `name`."""
         return next(task for task in self.tasks if task.name == name)

@@ -74,6 +74,11 @@ class DatasetSpec(_Strict):
         default=None, min_length=2, max_length=2, exclude_if=_unset)
     channels: Literal[1, 3] | None = Field(default=None, exclude_if=_unset)
     validation_fraction: float = Field(default=0.1, gt=0, le=0.5, allow_inf_nan=False)
+    # Text (spec_text.py): the text columns, tokenised to (input_ids, attention_mask) rows.
+    text: list[str] | None = Field(default=None, min_length=1, max_length=16, exclude_if=_unset)
+    max_length: int | None = Field(default=None, ge=4, le=4096, exclude_if=_unset)
+    vocab_size: int | None = Field(default=None, ge=100, le=1_000_000, exclude_if=_unset)
+    max_train_rows: int | None = Field(default=None, ge=10, exclude_if=_unset)
 
     @field_validator("builtin")
     @classmethod
@@ -110,6 +115,9 @@ class DatasetSpec(_Strict):
                 if stray:
                     raise _error("dataset_categorical", (
                         f"dataset.categorical: {stray} are not among dataset.features"))
+        from app.training.spec_text import check_text_dataset
+
+        check_text_dataset(self, _error)
         image_only = [f for f in ("image_size", "channels") if getattr(self, f) is not None]
         if image_only and self.format != "images":
             raise _error("dataset_image_fields", f"dataset.{image_only[0]}: only for images files")
@@ -175,11 +183,24 @@ class ArchSpec(_Strict):
     levels: int | None = Field(default=None, ge=1, le=8, exclude_if=_unset)
     shared_experts: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
     task_experts: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
+    # transformer (archs_text.py): a BERT student from these sizes, or a pretrained `backbone`
+    layers: int | None = Field(default=None, ge=1, le=48, exclude_if=_unset)
+    hidden_size: int | None = Field(default=None, ge=8, le=4096, exclude_if=_unset)
+    attention_heads: int | None = Field(default=None, ge=1, le=64, exclude_if=_unset)
+    intermediate_size: int | None = Field(default=None, ge=8, le=16384, exclude_if=_unset)
+    pooling: Literal["cls", "mean"] | None = Field(default=None, exclude_if=_unset)
+    backbone: str | None = Field(default=None, min_length=1, max_length=1000, exclude_if=_unset)
+    finetune: Literal["heads", "all"] | None = Field(default=None, exclude_if=_unset)
+    init_from_teacher: bool | None = Field(default=None, exclude_if=_unset)
+    prune_vocab: bool | None = Field(default=None, exclude_if=_unset)
 
     # The default of each field that only some types use.
     TYPE_FIELD_DEFAULTS: ClassVar[dict[str, Any]] = {
         "trunk": [64], "channels": [32, 64], "kernel_size": 5, "blocks": [2, 2], "expansion": 4,
-        "experts": 4, "expert": [64], "levels": 2, "shared_experts": 2, "task_experts": 2}
+        "experts": 4, "expert": [64], "levels": 2, "shared_experts": 2, "task_experts": 2,
+        "layers": 2, "hidden_size": 128, "attention_heads": 4, "intermediate_size": 512,
+        "pooling": "cls", "backbone": None, "finetune": None, "init_from_teacher": None,
+        "prune_vocab": None}
 
     @model_validator(mode="after")
     def _fields_match_type(self) -> "ArchSpec":
@@ -201,6 +222,10 @@ class ArchSpec(_Strict):
         if self.blocks is not None and self.channels is not None and len(self.blocks) != len(self.channels):
             raise _error("blocks_per_stage", f"blocks: one entry per stage, as many as channels "
                          f"({len(self.channels)}), got {len(self.blocks)}")
+        if self.type == "transformer":
+            from app.training.spec_text import check_transformer_arch
+
+            check_transformer_arch(self, _error)
         return self
 
     @model_validator(mode="before")
@@ -235,6 +260,13 @@ class DistillationSpec(_Strict):
     trunk_epochs: int | None = Field(default=None, ge=1, le=10000)  # cascaded stage 1
     label_fraction: UnitFloat = 1.0  # share of training rows whose labels the student sees
     online: bool = False  # run the teachers every step (for augmentation) instead of the cache
+    # Transformer terms "hidden" and "attention" (losses_transformer.py): (student layer, teacher
+    # layer) pairs, 0 = embeddings, or "uniform" (TinyBERT's m -> m * N / M).
+    layer_map: Literal["uniform"] | list[Annotated[list[Annotated[int, Field(ge=0, le=64)]],
+                                                   Field(min_length=2, max_length=2)]] | None = Field(
+        default=None, exclude_if=_unset)
+    hidden_weight: PositiveFloat | None = Field(default=None, exclude_if=_unset)
+    attention_weight: PositiveFloat | None = Field(default=None, exclude_if=_unset)
 
     @model_validator(mode="after")
     def _preset_defaults(self) -> "DistillationSpec":
@@ -242,6 +274,13 @@ class DistillationSpec(_Strict):
             self.terms = list(PRESET_TERMS[self.strategy])
         if len(set(self.terms)) != len(self.terms):
             raise _error("duplicate_term", "terms: a loss term is listed twice")
+        if {"hidden", "attention"} & set(self.terms):
+            self.layer_map = self.layer_map or "uniform"
+            self.hidden_weight = self.hidden_weight or (1.0 if "hidden" in self.terms else None)
+            self.attention_weight = self.attention_weight or (1.0 if "attention" in self.terms else None)
+        elif self.layer_map is not None:
+            raise _error("unexpected_layer_map", "distillation.layer_map: only used by the "
+                         "'hidden' and 'attention' terms")
         if self.strategy == "cascaded":
             self.trunk_epochs = self.trunk_epochs or 10
         elif self.trunk_epochs is not None:

@@ -31,6 +31,7 @@ from app.training.strategies import (Batch, StagePlan, stage_coefficients, stage
                                      steps_per_epoch)
 from app.training.streamed_batches import DiskBatches
 from app.training.target_scaling import TargetScale
+from app.training.text_kd import add_layer_adaptors
 from app.training.teacher_targets import Teacher, online_targets
 from app.training.weighting import TaskWeighting, build_weighting
 
@@ -51,6 +52,7 @@ class Run:
     writer: CheckpointWriter
     scales: dict[str, TargetScale] = field(default_factory=dict)
     online_teachers: list[Teacher] = field(default_factory=list)  # online KD only
+    layer_kd: Any = None  # text_kd.LayerDistiller: hidden / attention terms of the student stage
     mapped: bool = False  # the teacher cache handed out memory-mapped entries
     placements: dict[str, str] = field(default_factory=dict)  # stage -> "device" | "stream"
     # Epoch ends closer together than this share one checkpoint (0: every epoch); see train().
@@ -130,12 +132,14 @@ def train_stage(run: Run, plan: StagePlan, data: StageData, *,
     """Return the stage's trained model (from the checkpoint when the stage already finished)."""
     torch.manual_seed(plan.seed)
     model = build_model(plan.arch, input_shape=tuple(data.x.shape[1:]), tasks=plan.tasks,
-                        layout=data.layout)
+                        layout=data.layout, text=data.text)
     adaptors = nn.ModuleDict()
     if plan.features and data.soft is not None:
         width = model.trunk_features  # zoo models expose their trunk tap's width
         adaptors = nn.ModuleDict({name: nn.Linear(width, f.shape[1])
                                   for name, f in data.soft.features.items()})
+    if plan.role == "student":  # a text job's hidden-state projections (no-op otherwise)
+        add_layer_adaptors(run.layer_kd, model, adaptors)
     weighting = build_weighting(run.spec, [task.name for task in plan.tasks],
                                 learned=plan.learned_weighting)
     staged = StageModel(model, adaptors, weighting).to(run.device)
@@ -290,6 +294,8 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
                       labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
                       teacher_features=soft.features if soft else {})
         terms = term_plan.compute(batch, staged.adaptors)
+        if run.layer_kd is not None and plan.role == "student":  # teacher run online on x
+            terms.update(run.layer_kd.terms(x, taps, staged.adaptors))
         taken += 1
         seen += len(x)
         if not terms:  # no labelled row and nothing to distil: the batch teaches nothing

