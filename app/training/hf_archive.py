@@ -22,8 +22,10 @@ Nothing here imports torch: the API process runs the check.
 
 import json
 import re
+import shutil
 import stat
 import struct
+import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -210,30 +212,40 @@ def _count(shape: list[int]) -> int:
 
 
 def extract_hf_archive(path: Path, dest: Path) -> Path:
-    """Check the zip again, then copy the files the loader reads into `dest`, member by member; return `dest`."""
+    """Check the zip again, then copy the files the loader reads into `dest`, member by member; return `dest`.
+
+    The files are written into a fresh folder next to `dest`, renamed into place when complete: a
+    `dest` that exists is whole, and two jobs extracting the same upload at once do not mix their
+    writes (the one that renames second keeps the first's folder).
+    """
     check_hf_archive(path)
-    dest.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path) as archive:
-        files, top = _member_names(archive.infolist())
-        for name in EXTRACTED:
-            info = files.get(top + name)
-            if info is None:
-                continue
-            target = dest / name  # a fixed name: nothing from the member's own name reaches the filesystem
-            part = target.with_name(name + ".part")
-            written = 0
-            try:
-                with archive.open(info) as src, part.open("wb") as out:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > info.file_size:  # zipfile stops at the declared size; counted anyway
-                            raise hf_error(f"zip member {info.filename!r} inflates past its declared size",
-                                           "zip_bomb")
-                        out.write(chunk)
-            except (zipfile.BadZipFile, zlib.error) as exc:  # the member's data changed under its header
-                raise hf_error(f"zip member {info.filename!r} is corrupt: {exc}", "invalid") from exc
-            finally:
-                if part.exists() and written != info.file_size:
-                    part.unlink()
-            part.replace(target)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    try:
+        with zipfile.ZipFile(path) as archive:
+            files, top = _member_names(archive.infolist())
+            for name in EXTRACTED:
+                info = files.get(top + name)
+                if info is not None:  # a fixed name: nothing from the member's own name reaches the disk
+                    _copy_member(archive, info, staging / name)
+        try:
+            staging.rename(dest)  # replaces an empty `dest`; a non-empty one is another job's, whole
+        except OSError:
+            if not (dest / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _copy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path) -> None:
+    written = 0
+    try:
+        with archive.open(info) as src, target.open("wb") as out:
+            while chunk := src.read(1 << 20):
+                written += len(chunk)
+                if written > info.file_size:  # zipfile stops at the declared size; counted anyway
+                    raise hf_error(f"zip member {info.filename!r} inflates past its declared size", "zip_bomb")
+                out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error) as exc:  # the member's data changed under its header
+        raise hf_error(f"zip member {info.filename!r} is corrupt: {exc}", "invalid") from exc

@@ -120,6 +120,16 @@ def test_a_member_whose_data_changed_under_its_header_is_refused(folder: Path, t
     archive.write_bytes(bytes(raw))
     with pytest.raises(HFCheckpointError, match="not a readable zip|corrupt"):
         extract_hf_archive(archive, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.zip"]  # no folder, no staging left
+
+
+def test_extraction_is_all_or_nothing_and_a_second_one_keeps_the_first(folder: Path, tmp_path: Path) -> None:
+    archive = zip_folder(folder, tmp_path / "good.zip")
+    first = extract_hf_archive(archive, tmp_path / "cache" / "abc")
+    stamp = (first / "model.safetensors").stat().st_mtime_ns
+    assert extract_hf_archive(archive, tmp_path / "cache" / "abc") == first  # as a concurrent job would
+    assert (first / "model.safetensors").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["abc"]  # the second's staging folder is gone
 
 
 def test_the_check_imports_no_torch(folder: Path, tmp_path: Path) -> None:
