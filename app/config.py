@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     heartbeat_seconds: float = Field(default=2.0, gt=0)  # also how often cancel is checked
     stale_after_seconds: float = Field(default=60.0, gt=0)  # heartbeat older than this -> reaped
     reap_interval_seconds: float = Field(default=15.0, gt=0)
+    # How often each job worker's search controller steps the active searches (pruning reports,
+    # new trials after a lost step); a trial's end steps its search at once anyway.
+    search_poll_seconds: float = Field(default=2.0, gt=0)
     # Epoch ends closer together than this share one checkpoint (the stage's last epoch and a
     # stop always write one): serialising the full state cost ~10% of a job whose epochs last
     # ~25 ms. A killed worker repeats at most this much training plus the epoch in flight. 0:

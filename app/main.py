@@ -9,7 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from app.api.body_limit import BodyLimit
 from app.api.routes import artifacts, catalog, files, health, jobs, keys, stream, ui
-from app.api.routes import metrics
+from app.api.routes import metrics, searches
 from app.config import get_settings
 from app.errors import install_error_handlers
 from app.observability.http import instrument, operation_id
@@ -51,6 +51,7 @@ def create_app() -> FastAPI:
     app.include_router(keys.router)
     app.include_router(metrics.router)
     app.include_router(webhooks.router)
+    app.include_router(searches.router)
     app.include_router(ui.router)
     return app
 

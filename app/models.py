@@ -174,3 +174,82 @@ class WebhookAttempt(Base):
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
     status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Search(Base):
+    """A goal (base spec, space, constraints, objectives) searched by Optuna over child jobs.
+
+    The controller's state is this row and its trials; Optuna's study (named by the search id)
+    lives in Optuna's own tables in the same database (app/services/searches_study.py).
+    """
+
+    __tablename__ = "searches"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("srch"))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the goal as submitted, defaults filled in
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # One controller step at a time: a step holds the lease; a crashed one's lease runs out.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    reference: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # teachers' validation metrics
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # pareto, best (at the end)
+    event_seq: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+    trials: Mapped[list["SearchTrial"]] = relationship(order_by="SearchTrial.number",
+                                                       cascade="all, delete-orphan", passive_deletes=True)
+
+
+class SearchTrial(Base):
+    """One Optuna trial of a search and the child job that runs it (one job per trial number)."""
+
+    __tablename__ = "search_trials"
+    __table_args__ = (UniqueConstraint("search_id", "number", name="uq_search_trials_search_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)  # Optuna's trial number
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True,
+                                               unique=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running/complete/pruned/failed/infeasible/cancelled
+    prune_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_step: Mapped[int] = mapped_column(Integer, default=0)  # last epoch reported to the pruner
+    values: Mapped[list[float] | None] = mapped_column(JSONType, nullable=True)  # objective values
+    measures: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # retention, params, latency
+    test: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # front only, at the end
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SearchEvent(Base):
+    __tablename__ = "search_events"
+    __table_args__ = (UniqueConstraint("search_id", "seq", name="uq_search_events_search_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(40))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SearchArtifact(Base):
+    __tablename__ = "search_artifacts"
+    __table_args__ = (UniqueConstraint("search_id", "name", name="uq_search_artifacts_search_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    search_id: Mapped[str] = mapped_column(ForeignKey("searches.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    path: Mapped[str] = mapped_column(Text)  # key inside the artifact store
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    media_type: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -18,6 +18,13 @@ def _url() -> str:
     )
 
 
+def include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    """Leave Optuna's tables (searches' studies; Optuna creates and owns them) out of autogenerate."""
+    from app.services.searches_study import OPTUNA_TABLES
+
+    return not (type_ == "table" and name in OPTUNA_TABLES)
+
+
 def run_migrations_offline() -> None:
     url = _url()
     context.configure(
@@ -38,6 +45,7 @@ def run_migrations_online() -> None:
             target_metadata=target_metadata,
             render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copy
             compare_type=True,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()

@@ -73,6 +73,16 @@ def _start_reaper(**_: object) -> None:
     start_reaper_thread(get_settings())
 
 
+@worker_ready.connect
+def _start_search_controller(sender: object = None, **_: object) -> None:
+    """Job workers step the searches (worker/search.py); a webhook worker does not."""
+    if QUEUE_NAME not in sender.app.amqp.queues.consume_from:  # type: ignore[attr-defined]
+        return
+    from worker.search import start_search_thread
+
+    start_search_thread(get_settings())
+
+
 @worker_init.connect
 def _start_metrics_server(**_: object) -> None:
     if METRICS_DIR is not None:

@@ -232,4 +232,15 @@ def run_job(job_id: str) -> str:
             worker_metrics.job_handled("error")
             raise
     worker_metrics.job_handled(outcome)
+    _advance_parent_search(job_id)
     return outcome
+
+
+def _advance_parent_search(job_id: str) -> None:
+    """A search's trial ended: step its search now (start the next trial) instead of at the next sweep."""
+    from worker.search import advance_parent_search
+
+    try:
+        advance_parent_search(job_id, settings=get_settings())
+    except Exception:  # the sweep steps it later; the job's own outcome is already recorded
+        log.exception("job %s: stepping its search failed", job_id)
