@@ -147,6 +147,16 @@ def _refuse_code_teachers(spec: JobSpec, settings: Settings) -> None:
                                               for f in fields])
 
 
+def _refuse_untracked_mlflow(spec: JobSpec, settings: Settings) -> None:
+    """A spec asking for MLflow on a server with no tracking URI would fail only once a worker ran it;
+    refuse it at submit and validate instead (the API and the workers share the setting)."""
+    if spec.tracking is not None and spec.tracking.mlflow is not None and not settings.mlflow_tracking_uri:
+        message = ("this server has no MLflow tracking server (DISTILLERY_MLFLOW_TRACKING_URI is unset); "
+                   "leave tracking.mlflow out, or ask the operator to set one")
+        raise InvalidRequest(message, errors=[{"field": "body.tracking.mlflow", "message": message,
+                                               "type": "mlflow_not_configured"}])
+
+
 def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: str | None, settings: Settings) -> tuple[Job, bool]:
     """Check and dry-run the spec, store the job, then hand it to the broker; return it and whether it is new.
 
@@ -161,6 +171,7 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
     if job is None:
         # First: "the server refuses TorchScript" is the error to act on, before any file check.
         _refuse_code_teachers(spec, settings)
+        _refuse_untracked_mlflow(spec, settings)
         check_file_refs(db=db, tenant=tenant, spec=stored)
         _enforce_caps(db=db, tenant=tenant, limits=settings)
         # In the validator process: the API process stays free of torch.
@@ -194,6 +205,7 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
 
     stored = spec.model_dump(mode="json")
     _refuse_code_teachers(spec, settings)
+    _refuse_untracked_mlflow(spec, settings)
     check_file_refs(db=db, tenant=tenant, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)
