@@ -29,8 +29,12 @@ def api(settings: Settings, tmp_path: Path) -> Iterator[tuple[httpx.Client, Sett
 
 
 def _upload(http: httpx.Client, path: Path) -> httpx.Response:
+    return _upload_as(http, path, "teacher_hf")
+
+
+def _upload_as(http: httpx.Client, path: Path, purpose: str) -> httpx.Response:
     with path.open("rb") as fh:
-        return http.post("/v1/files", data={"purpose": "teacher_hf"}, files={"file": (path.name, fh)})
+        return http.post("/v1/files", data={"purpose": purpose}, files={"file": (path.name, fh)})
 
 
 def _stored(settings: Settings) -> list[Path]:
@@ -71,6 +75,22 @@ def test_a_checkpoint_zip_is_accepted_with_its_summary(api: tuple[httpx.Client, 
         "format": "hf_zip", "model_type": "bert", "tokenizer": "vocab.txt", "layers": 2, "hidden_size": 16}
     assert [p.read_bytes() for p in _stored(settings)] == [path.read_bytes()]  # kept as sent, not extracted
     assert [f["id"] for f in http.get("/v1/files", params={"purpose": "teacher_hf"}).json()["data"]] == [body["id"]]
+    # a spec's backbone must be one of the tenant's teacher_hf uploads: another purpose or an unknown id is a 422
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("review,positive\n" + "".join(f"the dress fits well {i},{i % 2}\n" for i in range(40)))
+    data_id = _upload_as(http, csv, "dataset").json()["id"]
+    for backbone, kind in ((data_id, "wrong_purpose"), ("file_nope", "unknown_file")):
+        spec = {"name": "hf", "dataset": {"file": data_id, "format": "csv", "text": ["review"], "max_length": 8},
+                "tasks": [{"name": "positive", "kind": "binary"}],
+                "teachers": [{"name": "t", "tasks": ["positive"], "source": {"train": {
+                    "arch": {"type": "transformer", "backbone": backbone}, "epochs": 1}}}],
+                "student": {"type": "transformer", "layers": 1, "hidden_size": 8, "attention_heads": 2,
+                            "intermediate_size": 16}}
+        r = http.post("/v1/jobs", json=spec)
+        assert r.status_code == 422, r.text
+        assert r.json()["errors"][0]["field"] == "body.teachers[0].source.train.arch.backbone"
+        assert r.json()["errors"][0]["type"] == kind
+    assert http.get("/v1/jobs").json()["data"] == []
 
 
 def test_an_uploaded_backbone_is_a_file_reference_of_purpose_teacher_hf() -> None:
