@@ -1,0 +1,105 @@
+"""Searches over real HTTP with real Celery workers: a worker killed mid-search, cancel-all, 422s."""
+
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.config import Settings
+from tests.procs import (
+    api_argv,
+    env_for,
+    free_port,
+    running,
+    wait_http,
+    wait_until,
+    worker_argv,
+)
+from tests.searches.conftest import tiny_goal
+
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("settings", ["sqlite"], indirect=True)]
+FAST_SEARCH = {"DISTILLERY_SEARCH_POLL_SECONDS": "0.5"}
+
+
+def _key(settings: Settings) -> dict[str, str]:
+    from app.auth import create_api_key
+    from app.db import session_scope
+
+    with session_scope(settings.resolved_database_url) as db:
+        return {"Authorization": f"Bearer {create_api_key(db=db, tenant_name='searcher')[1]}"}
+
+
+def _search(api: httpx.Client, search_id: str) -> dict:
+    response = api.get(f"/v1/searches/{search_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_search_survives_a_killed_worker_and_reports_its_front(settings: Settings, tmp_path: Path) -> None:
+    env = env_for(settings, **FAST_SEARCH)
+    port = free_port()
+    with running(api_argv(port), env=env, log=tmp_path / "api.log"), \
+            running(worker_argv("a"), env=env, log=tmp_path / "a.log") as worker_a, \
+            running(worker_argv("b"), env=env, log=tmp_path / "b.log"), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=_key(settings), timeout=60) as api:
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        bad = api.post("/v1/searches", json=tiny_goal(space={"dataset.builtin": {"choices": ["digits-mt"]}}))
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.space.dataset.builtin"
+        created = api.post("/v1/searches", json=tiny_goal())
+        assert created.status_code == 201, created.text
+        search_id = created.json()["id"]
+        # Kill one worker (its whole process group: the controller thread and the job) mid-search.
+        wait_until(lambda: len(_search(api, search_id)["trials"]) >= 2, timeout=120, what="two trials")
+        worker_a.signal_group(signal.SIGKILL)
+        with running(worker_argv("c"), env=env, log=tmp_path / "c.log"):
+            done = wait_until(lambda: (s := _search(api, search_id))["status"] in ("succeeded", "failed") and s,
+                              timeout=420, interval=1, what="the search to end")
+        assert done["status"] == "succeeded", done
+        trials = done["trials"]
+        assert sorted(t["number"] for t in trials) == list(range(6))  # none lost
+        assert len({t["job_id"] for t in trials}) == 6  # none run twice: one job per trial
+        assert all(t["state"] in ("complete", "infeasible") for t in trials)
+        assert done["pareto"] and done["best"] in done["pareto"]
+        assert [t["number"] for t in trials if t["test"] is not None] == done["pareto"]
+        names = {a["name"] for a in api.get(f"/v1/searches/{search_id}/artifacts").json()}
+        assert names == {"search.json", "pareto.csv", "pareto.png"}
+        assert api.get(f"/v1/searches/{search_id}/artifacts/pareto.png").content[:8] == b"\x89PNG\r\n\x1a\n"
+        csv_rows = api.get(f"/v1/searches/{search_id}/artifacts/pareto.csv").text.strip().splitlines()
+        assert len(csv_rows) == 1 + len(done["pareto"])
+        best_job = next(t["job_id"] for t in trials if t["number"] == done["best"])
+        assert api.get(f"/v1/jobs/{best_job}/artifacts/student.safetensors").status_code == 200
+        events = api.get(f"/v1/searches/{search_id}/events", params={"limit": 1000}).json()["data"]
+        assert [e["kind"] for e in events][-1] == "succeeded"
+        assert sum(e["kind"] == "trial_started" for e in events) == 6
+        with api.stream("GET", f"/v1/searches/{search_id}/events/stream") as stream:
+            body = "".join(stream.iter_text())
+        assert body.count("event: trial_started") == 6 and "event: succeeded" in body
+
+
+def test_cancel_cancels_the_running_children(settings: Settings, tmp_path: Path) -> None:
+    env = env_for(settings, **FAST_SEARCH)
+    port = free_port()
+    slow = tiny_goal(trials=4)
+    slow["base"]["training"]["epochs"] = 60
+    with running(api_argv(port), env=env, log=tmp_path / "api.log"), \
+            running(worker_argv("a"), env=env, log=tmp_path / "a.log"), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=_key(settings), timeout=60) as api:
+        wait_http(f"http://127.0.0.1:{port}/readyz")
+        search_id = api.post("/v1/searches", json=slow).json()["id"]
+
+        def a_child_runs() -> bool:
+            jobs = [t["job_id"] for t in _search(api, search_id)["trials"]]
+            return any(api.get(f"/v1/jobs/{j}").json()["status"] == "running" for j in jobs)
+
+        wait_until(a_child_runs, timeout=120, what="a running child")
+        assert api.post(f"/v1/searches/{search_id}/cancel").status_code == 200
+        started = time.monotonic()
+        done = wait_until(lambda: (s := _search(api, search_id))["status"] == "cancelled" and s,
+                          timeout=90, interval=0.5, what="the search to be cancelled")
+        print(f"cancel-all took {time.monotonic() - started:.1f}s")
+        statuses = {api.get(f"/v1/jobs/{t['job_id']}").json()["status"] for t in done["trials"]}
+        assert statuses <= {"cancelled"}, statuses
+        assert len(done["trials"]) == 2  # parallel 2; nothing started after the cancel
+        assert api.post(f"/v1/searches/{search_id}/cancel").status_code == 409
