@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     # torch intra-op threads per worker process; unset = torch's default (all cores). On a machine
     # shared with other processes 1 can be far faster (oversubscribed cores thrash).
     torch_threads: int | None = Field(default=None, ge=1)
+    # What the job workers train on, for the API's dry run: "auto" = this host's own CUDA (the
+    # embedded deployment: API and worker on one machine); "cpu" or "cuda" where the workers run
+    # elsewhere (compose). A spec asking for training.precision fp16 is refused on a CPU-only pool.
+    worker_accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_attempts: int = Field(default=3, ge=1)

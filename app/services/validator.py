@@ -33,14 +33,14 @@ def _child_init() -> None:
 
 
 def _child_dry_run(spec_json: dict[str, Any], resolver: FileResolver,
-                   allow_torchscript: bool) -> tuple[str, Any]:
+                   allow_torchscript: bool, accelerator: str = "auto") -> tuple[str, Any]:
     """Runs in the validator process: ("ok", summary) or ("error", (code, message, field))."""
     from app.training import DryRunError, JobSpec, TrainingError, dry_run
 
     spec = JobSpec.model_validate(spec_json)
     try:
         return "ok", dry_run(spec, resolver=resolver, allow_torchscript=allow_torchscript,
-                             cache_builtin=True)
+                             cache_builtin=True, accelerator=accelerator)
     except DryRunError as exc:
         return "error", (exc.code, exc.message, exc.field)
     except TrainingError as exc:
@@ -89,11 +89,13 @@ def _submit(spec_json: dict[str, Any], *, tenant_id: str, settings: Settings) ->
     resolver = file_resolver(settings=settings, tenant_id=tenant_id, spec=spec_json)
     pool = _get_pool(settings)
     try:
-        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript,
+                                 settings.worker_accelerator)
     except BrokenProcessPool:  # died since the last call: start a fresh one once
         _discard_pool(pool, kill=False)
         pool = _get_pool(settings)
-        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript,
+                                 settings.worker_accelerator)
 
 
 def _outcome(result: tuple[str, Any]) -> dict[str, Any]:

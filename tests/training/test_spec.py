@@ -56,7 +56,7 @@ def test_architecture_example_validates_and_writes_defaults_back():
     spec = JobSpec.model_validate(example())
     dumped = spec.model_dump(mode="json")
     assert dumped["training"] == {"epochs": 30, "batch_size": 128, "lr": 0.002, "seed": 0,
-                                  "weight_decay": 0.0, "device": "auto", "input_noise": 0.0,
+                                  "weight_decay": 0.0, "device": "auto", "precision": "fp32", "input_noise": 0.0,
                                   "augment": None, "data_placement": "auto", "loader_workers": 0,
                                   "compile": False, "schedule": "constant", "warmup_steps": 0,
                                   "selection": "last", "early_stopping": None, "eval_every": 1,
