@@ -197,6 +197,11 @@ DEVICES: dict[str, str] = {
     "cpu": "the CPU",
     "cuda": "a CUDA device (the job fails where the worker has none)",
 }
+PRECISIONS: dict[str, str] = {
+    "fp32": "float32 throughout (the default: the same numbers on every device)",
+    "bf16": "the training step's forward under bfloat16 autocast, on CUDA or the CPU; losses in float32",
+    "fp16": "float16 autocast with a gradient scaler; CUDA only (refused on a CPU-only worker pool)",
+}
 DATA_PLACEMENTS: dict[str, str] = {
     "auto": "device unless the rows do not fit (see docs/PERFORMANCE.md)",
     "device": "every training tensor on the training device; batches are index slices",
@@ -231,6 +236,7 @@ ScheduleName = literal(SCHEDULES)
 SelectionName = literal(SELECTIONS)
 DeviceName = literal(DEVICES)
 PlacementName = literal(DATA_PLACEMENTS)
+PrecisionName = literal(PRECISIONS)
 ExportFormat = literal(EXPORT_FORMATS)
 DatasetFormat = literal(DATASET_FORMATS)
 Encoding = literal(ENCODINGS)
@@ -253,6 +259,7 @@ def catalog() -> dict[str, Any]:
         "selections": SELECTIONS,
         "devices": DEVICES,
         "data_placements": DATA_PLACEMENTS,
+        "precisions": PRECISIONS,
         "export_formats": EXPORT_FORMATS,
         "dataset_formats": DATASET_FORMATS,
         "encodings": ENCODINGS,

@@ -20,6 +20,7 @@ from app.training.checkpoint import CheckpointWriter, load_checkpoint, new_check
 from app.training.datasets.streamed import load_disk_data
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.files import FileResolver, LocalFileResolver
+from app.training.precision import check_precision
 from app.training.results import Result, write_results
 from app.training.spec import JobSpec, spec_sha256
 from app.training.stage import Run, train_stage
@@ -63,6 +64,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     callbacks = callbacks or TrainCallbacks()
     sha = spec_sha256(spec)
     device = resolve_device(spec.training.device, deterministic=spec.training.deterministic)
+    check_precision(spec.training.precision, device)  # fp16 on a CPU fails here, before any work
 
     # 1. Data: train / validation / test, the label subset, the transfer rows, target scales.
     on_disk = spec.training.data_placement == "disk"  # an upload larger than memory, in chunks

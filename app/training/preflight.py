@@ -15,6 +15,7 @@ from app.training.datasets.splits import DatasetSplits, with_validation
 from app.training.errors import TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.models import build_model, count_params, output_size
+from app.training.precision import check_pool_precision
 from app.training.spec import JobSpec
 from app.training.stage_data import check_input_ranks, label_mask, stratify_task
 from app.training.strategies import plan_stages, steps_per_epoch
@@ -52,14 +53,17 @@ def _blame(field: str) -> Iterator[None]:
 
 
 def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchscript: bool = False,
-            cache_builtin: bool = False) -> dict[str, Any]:
+            cache_builtin: bool = False, accelerator: str = "auto") -> dict[str, Any]:
     """Return params per model, compression ratio, stages, steps per epoch and the teacher-cache size.
 
     Raises DryRunError (a TrainingError with a code, a message a user can act on and the spec field
     at fault) when data or a teacher is unusable. ``cache_builtin`` keeps built-in datasets in memory
-    for the next call (for a process that validates many specs).
+    for the next call (for a process that validates many specs). ``accelerator`` is what the
+    workers train on ("cpu", "cuda", or "auto": this host's); fp16 is refused where it is the CPU.
     """
     resolver = resolver or LocalFileResolver()
+    with _blame("body.training.precision"):
+        check_pool_precision(spec.training.precision, device=spec.training.device, accelerator=accelerator)
     with _blame("body.dataset"):
         data = _load(spec, resolver=resolver, cache_builtin=cache_builtin)
         data = with_validation(data, fraction=spec.dataset.validation_fraction,
