@@ -46,7 +46,7 @@ def check_text_dataset(dataset: Any, error: Error) -> None:
     if dataset.text is not None and dataset.features is not None:
         raise error("dataset_text", "dataset.text: give text columns or features, not both")
     is_text = dataset.text is not None or builtin_text
-    stray = [f for f in ("max_length", "vocab_size", "max_train_rows") if getattr(dataset, f) is not None]
+    stray = [f for f in ("max_length", "vocab_size", "max_train_rows", "max_test_rows") if getattr(dataset, f) is not None]
     if stray and not is_text:
         raise error("dataset_text_fields", f"dataset.{stray[0]}: only for text datasets (dataset.text)")
     if is_text:

@@ -166,8 +166,7 @@ def load_text_data(spec: JobSpec, *, resolver: FileResolver, cache_dir: Path) ->
     dataset = spec.dataset
     raw = (load_clothing() if dataset.builtin == "clothing-reviews"
            else read_text_table(dataset, tasks=list(spec.tasks), resolver=resolver))
-    if dataset.max_train_rows is not None and dataset.max_train_rows < len(next(iter(raw.y_train.values()))):
-        raw = _subsample(raw, dataset.max_train_rows)
+    raw = _subsample(raw, train=dataset.max_train_rows, test=dataset.max_test_rows)
     columns = list(dataset.text or raw.texts_train)
     unknown = [c for c in columns if c not in raw.texts_train]
     if unknown:
@@ -210,12 +209,21 @@ def load_text_data(spec: JobSpec, *, resolver: FileResolver, cache_dir: Path) ->
     return splits
 
 
-def _subsample(raw: RawTextSplits, rows: int) -> RawTextSplits:
-    """Keep `rows` train rows: the first of one fixed permutation (seed 0, the same for every job
-    seed, so seeds differ in their training only), in file order; test stays whole."""
-    n = len(next(iter(raw.y_train.values())))
-    keep = np.sort(np.random.default_rng(0).permutation(n)[:rows])
-    return replace(raw, texts_train={c: [v[i] for i in keep] for c, v in raw.texts_train.items()},
-                   y_train={t: y[keep] for t, y in raw.y_train.items()},
-                   split_test=None if raw.split_test is None else raw.split_test[keep],
-                   notes=(*raw.notes, f"dataset.max_train_rows: {rows} of {n} train rows used"))
+def _subsample(raw: RawTextSplits, *, train: int | None, test: int | None) -> RawTextSplits:
+    """Keep at most `train` / `test` rows of each split: the first of one fixed permutation (seed 0,
+    the same for every job seed, so seeds differ in their training only), in file order."""
+    notes = list(raw.notes)
+    parts = {}
+    for split, rows in (("train", train), ("test", test)):
+        texts, y = getattr(raw, f"texts_{split}"), getattr(raw, f"y_{split}")
+        n = len(next(iter(y.values())))
+        keep = np.arange(n) if rows is None or rows >= n else np.sort(
+            np.random.default_rng(0).permutation(n)[:rows])
+        if len(keep) < n:
+            notes.append(f"dataset.max_{split}_rows: {rows} of {n} {split} rows used")
+        parts[split] = keep
+        texts = {c: [v[i] for i in keep] for c, v in texts.items()}
+        raw = replace(raw, **{f"texts_{split}": texts, f"y_{split}": {t: v[keep] for t, v in y.items()}})
+    if raw.split_test is not None:
+        raw = replace(raw, split_test=raw.split_test[parts["train"]])
+    return replace(raw, notes=tuple(notes))
