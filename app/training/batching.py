@@ -141,7 +141,7 @@ class Batches:
         """Yield the batches of one epoch; `order` (n,) is the epoch's permutation on the CPU."""
         if self.placement == "device":
             order = order.to(self.device)
-            for start in range(0, self.rows, self.batch_size):
+            for start in range(0, len(order), self.batch_size):
                 rows = order[start:start + self.batch_size]  # (batch,)
                 yield RowBatch(x=self.x[rows], targets={t: y[rows] for t, y in self.targets.items()},
                                labelled=None if self.labelled is None else self.labelled[rows],

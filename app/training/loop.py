@@ -16,11 +16,11 @@ from torch import nn
 
 from app.training.cache import TeacherOutputCache
 from app.training.callbacks import CallbackChain, TrainCallbacks
-from app.training.checkpoint import CheckpointWriter, load_checkpoint, new_checkpoint
+from app.training.checkpoint import load_checkpoint, new_checkpoint
 from app.training.datasets.streamed import load_disk_data
+from app.training.distributed import Ranks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.files import FileResolver, LocalFileResolver
-from app.training.precision import check_precision
 from app.training.results import Result, write_results
 from app.training.spec import JobSpec, spec_sha256
 from app.training.stage import Run, train_stage
@@ -41,7 +41,8 @@ __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "tr
 def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = None,
           job_id: str | None = None, cache_dir: Path | None = None,
           resolver: FileResolver | None = None, allow_torchscript: bool = False,
-          checkpoint_interval: float = 0.0, reuse_teacher_weights: bool = False) -> Result:
+          checkpoint_interval: float = 0.0, reuse_teacher_weights: bool = False,
+          ranks: Ranks | None = None) -> Result:
     """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
 
     `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
@@ -55,6 +56,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     plus that one.
     `reuse_teacher_weights`: an in-job teacher whose stage was trained before under the same key
     (cache_dir/teacher-weights, see teacher_weights.py) is loaded instead of trained again.
+    `ranks`: this process's data-parallel rank (launch.py starts them; default: the only one).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -62,11 +64,13 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     cache_dir = Path(cache_dir) if cache_dir is not None else workdir.resolve().parent / "teacher-cache"
     resolver = resolver or LocalFileResolver()
     callbacks = callbacks or TrainCallbacks()
+    ranks = ranks or Ranks()
+    resolver = ranks.resolver(resolver)  # ranks > 0 read the paths rank 0 resolved
     sha = spec_sha256(spec)
     device = resolve_device(spec.training.device, deterministic=spec.training.deterministic)
-    check_precision(spec.training.precision, device)  # fp16 on a CPU fails here, before any work
 
     # 1. Data: train / validation / test, the label subset, the transfer rows, target scales.
+    ranks.wait_for_main("data")  # rank 0 fills the file caches first
     on_disk = spec.training.data_placement == "disk"  # an upload larger than memory, in chunks
     if on_disk:
         data = load_disk_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
@@ -80,6 +84,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
         callbacks.on_note(message=note)
     transfer_x = load_transfer_inputs(spec, input_shape=data.input_shape, resolver=resolver,
                                       cache_dir=cache_dir, layout=data.layout)
+    ranks.handoff("data")
     labelled = label_mask(spec, len(data.x_train))
     scales = fit_target_scales(data.y_train, spec.tasks)
     rows = {"train": len(data.x_train), "validation": len(data.x_val), "test": len(data.x_test),
@@ -90,10 +95,12 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     plans = plan_stages(spec, rows=rows)
     state = load_checkpoint(workdir, spec_sha256=sha) or new_checkpoint(spec_sha256=sha)
     # Every exit waits for the checkpoint write in flight and closes the TensorBoard files.
-    with CheckpointWriter(workdir) as writer, TensorBoardWriter(
-            workdir / "tensorboard", tasks=spec.tasks, fresh=not state["history"]) as tensorboard:
-        run = Run(spec=spec, workdir=workdir, device=device, state=state,
-                  callbacks=CallbackChain(callbacks, tensorboard),
+    # Rank 0 alone writes files and calls the caller's callbacks (see distributed.py).
+    with ranks.checkpoint_writer(workdir) as writer, TensorBoardWriter(
+            workdir / "tensorboard", tasks=spec.tasks,
+            fresh=not state["history"] and ranks.is_main) as tensorboard:
+        run = Run(spec=spec, workdir=workdir, device=device, state=state, ranks=ranks,
+                  callbacks=ranks.callbacks(CallbackChain(callbacks, tensorboard)),
                   plan_epochs={plan.name: plan.epochs for plan in plans}, started=started,
                   writer=writer, scales=scales, checkpoint_interval=checkpoint_interval)
 
@@ -107,6 +114,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
 
         # 4. Every teacher's targets on every split, standardised and combined per task.
         cache = TeacherOutputCache(cache_dir)
+        ranks.wait_for_main("teacher-targets")  # built once; the others map rank 0's entries
         if on_disk:  # chunk by chunk; train targets stay on disk
             targets = streamed_teacher_targets(
                 spec, data=data, trained=models, scales=scales, resolver=resolver,
@@ -116,6 +124,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             targets = teacher_targets(spec, data=data, transfer_x=transfer_x, trained=models,
                                       scales=scales, resolver=resolver,
                                       allow_torchscript=allow_torchscript, cache=cache, device=device)
+        ranks.handoff("teacher-targets")
         for note in targets.notes:
             callbacks.on_note(message=note)
         if spec.distillation.online:
@@ -137,12 +146,15 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             if plan.role == "student_trunk":
                 previous = models[plan.name].state_dict()
 
-        # 6. Test, once: teacher, student and baseline; export and report.
+        # 6. Test, once: teacher, student and baseline; export and report (rank 0).
+        parallel = ranks.report()  # world_size and each rank's throughput
+        if not ranks.is_main:
+            return Result(results=parallel, artifacts=[])
         results = write_results(
             spec=spec, out=workdir / "artifacts", plans=plans, models=models,
             finished=state["finished"], history=state["history"], targets=targets, data=data,
             scales=scales, rows=rows, job_id=job_id, sha=sha, device=device.type,
-            placements=run.placements, elapsed=run.elapsed())
+            placements=run.placements, elapsed=run.elapsed(), parallel=parallel)
         results.artifacts.append(tensorboard.archive(workdir / "artifacts" / ARCHIVE_NAME))
     # diagnostics = the teacher notes (reported when found, above) + what the test results show
     for diagnostic in results.results["diagnostics"][len(targets.notes):]:

@@ -32,7 +32,6 @@ from app.training.teacher_targets import TeacherTargets
 from app.training.teachers import ModelTeacher, OnnxTeacher
 
 LATENCY_ROWS = 8192
-TEXT_LATENCY_ROWS = 256
 
 
 @dataclass
@@ -78,7 +77,7 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
                   history: list[dict[str, Any]], targets: TeacherTargets, data: DatasetSplits,
                   scales: dict[str, TargetScale], rows: dict[str, int], job_id: str | None,
                   sha: str, device: str, placements: dict[str, str],
-                  elapsed: float) -> Result:
+                  elapsed: float, parallel: dict[str, Any] | None = None) -> Result:
     """Export the student, evaluate teacher, student and baseline on test (once), write
     metrics.csv, results.json and the report; return the Result."""
     out.mkdir(exist_ok=True)
@@ -107,8 +106,6 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
     params = {t.name: built.params for t, built in zip(spec.teachers, targets.teachers)}
     # Rows on disk ("disk" placement): latency on the first LATENCY_ROWS test rows, read once.
     latency_x = data.x_test if isinstance(data.x_test, torch.Tensor) else data.x_test[:LATENCY_ROWS]
-    if data.text is not None:  # a pretrained transformer teacher: ~1 GFLOP a row; a sample times it
-        latency_x = latency_x[:TEXT_LATENCY_ROWS]
     tasks = compare_tasks(spec.tasks, student=metrics_of(student), teacher=teacher,
                           baseline=metrics_of(models["baseline"]) if "baseline" in models else None)
     results = {
@@ -136,8 +133,9 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
         "rows": rows,  # train, validation, test, labelled and transfer rows
         "diagnostics": [*targets.notes, *diagnose(spec.tasks, tasks, data.y_test)],
         "device": device,
-        "precision": spec.training.precision,  # the training step's (precision.py)
         "data_placement": placements,  # stage -> "device" | "stream" (stages trained by this call)
+        # world_size and per-rank training throughput (distributed.Ranks.report)
+        **(parallel or {"world_size": 1}),
     }
     results["timing"]["total_seconds"] = round(elapsed, 3)
     results_path = out / "results.json"

@@ -17,15 +17,15 @@ from app.training.catalog import (ARCH_INPUT_RANKS, AUGMENT_INPUT_RANKS, EMBEDDI
                                   EXPORT_FORMATS, ExportFormat)
 from app.training.datasets.catalog import BUILTIN_DATASETS, describe_task
 from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec,
-                                        EarlyStoppingSpec, MlflowTrackingSpec, TaskKDOverride,
-                                        TaskSpec, TrackingSpec, TrainingSpec, TransferSetSpec,
-                                        WeightingSpec, _error, _Strict)
+                                        EarlyStoppingSpec, MlflowTrackingSpec, ResourcesSpec,
+                                        TaskKDOverride, TaskSpec, TrackingSpec, TrainingSpec,
+                                        TransferSetSpec, WeightingSpec, _error, _Strict)
 from app.training.spec_teachers import (OnnxSourceSpec, OutputsSourceSpec, TeacherSourceSpec,
                                         TeacherSpec, TorchScriptSourceSpec, TrainSourceSpec,
                                         WeightsSourceSpec)
 
 __all__ = ["ArchSpec", "DatasetSpec", "DistillationSpec", "EarlyStoppingSpec", "JobSpec",
-           "MlflowTrackingSpec", "OnnxSourceSpec", "OutputsSourceSpec", "TaskKDOverride",
+           "MlflowTrackingSpec", "OnnxSourceSpec", "OutputsSourceSpec", "ResourcesSpec", "TaskKDOverride",
            "TaskSpec", "TeacherSourceSpec", "TeacherSpec", "TorchScriptSourceSpec",
            "TrackingSpec", "TrainSourceSpec", "TrainingSpec", "TransferSetSpec", "WeightingSpec",
            "WeightsSourceSpec", "input_rank_problem",
@@ -58,6 +58,9 @@ class JobSpec(_Strict):
     notify: NotifySpec | None = Field(default=None, exclude_if=lambda value: value is None)
     # MLflow; changes no result, and a spec without it dumps (and hashes) as before it existed.
     tracking: TrackingSpec | None = Field(default=None, exclude_if=lambda value: value is None)
+    # Data-parallel processes; a one-device spec dumps (and hashes) as before the section existed.
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
+                                     exclude_if=lambda value: value.devices == 1)
 
     @field_validator("tasks")
     @classmethod
@@ -286,6 +289,22 @@ class JobSpec(_Strict):
                     f"training.augment: crops and flips need images, (height, width) or (channels, "
                     f"height, width); dataset '{dataset.builtin}' has inputs {shape}"))
         return training
+
+    @field_validator("resources")
+    @classmethod
+    def _batch_splits_over_devices(cls, resources: ResourcesSpec,
+                                   info: ValidationInfo) -> ResourcesSpec:
+        training = info.data.get("training")
+        batches = [("training.batch_size", training.batch_size)] if training is not None else []
+        batches += [(f"teachers[{index}].source.train.batch_size", teacher.source.train.batch_size)
+                    for index, teacher in enumerate(info.data.get("teachers") or [])
+                    if teacher.source.train is not None]
+        for path, size in batches:
+            if size % resources.devices:
+                raise _error("batch_not_divisible", (
+                    f"resources.devices: {path} {size} is a global batch and must split evenly "
+                    f"over {resources.devices} devices; use a multiple of {resources.devices}"))
+        return resources
 
     @field_validator("export")
     @classmethod

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from app.training.catalog import (ARCHITECTURES, KINDS_WITH_CLASSES, PRESET_TERMS, ArchType,
-                                  DatasetFormat, DeviceName, Encoding, PlacementName, PrecisionName,
-                                  ScheduleName, SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
+                                  DatasetFormat, DeviceName, Encoding, PlacementName, ScheduleName,
+                                  SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
 from app.training.datasets.catalog import BUILTIN_DATASETS
 
 # Names end up in file names, ONNX output names and CSV headers: keep them plain.
@@ -79,7 +79,6 @@ class DatasetSpec(_Strict):
     max_length: int | None = Field(default=None, ge=4, le=4096, exclude_if=_unset)
     vocab_size: int | None = Field(default=None, ge=100, le=1_000_000, exclude_if=_unset)
     max_train_rows: int | None = Field(default=None, ge=10, exclude_if=_unset)
-    max_test_rows: int | None = Field(default=None, ge=10, exclude_if=_unset)
 
     @field_validator("builtin")
     @classmethod
@@ -355,9 +354,6 @@ class TrainingSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     device: DeviceName = "auto"
-    # The training step's precision; fp32 by default on every device (bf16 autocast was forced on
-    # CUDA before). docs/spec.md has the table.
-    precision: PrecisionName = "fp32"
     input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
     augment: AugmentSpec | None = None  # random crops / flips of image inputs (rank 2 or 3)
     # Where training rows live: all on the device (index slices) or streamed by a DataLoader.
@@ -393,3 +389,10 @@ class TrackingSpec(_Strict):
     """Experiment trackers a job logs to, besides its TensorBoard artifact (always written)."""
 
     mlflow: MlflowTrackingSpec | None = None
+
+
+class ResourcesSpec(_Strict):
+    """What a job needs from its worker: `devices` data-parallel processes (one per GPU on a CUDA
+    worker, gloo CPU processes elsewhere); training.batch_size stays the global batch."""
+
+    devices: int = Field(default=1, ge=1, le=64)

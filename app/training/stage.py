@@ -5,6 +5,7 @@
 and writer, the callbacks); loop.py builds it and calls `train_stage` per stage.
 """
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,10 @@ from app.training.augment import augment_images
 from app.training.batching import Batches, RowBatch, choose_placement, stage_bytes
 from app.training.callbacks import TrainCallbacks
 from app.training.checkpoint import CheckpointWriter, capture_rng, restore_rng
+from app.training.distributed import Ranks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import predict, selection_score, task_metrics
 from app.training.models import build_model
-from app.training.precision import StepPrecision, step_precision
 from app.training.results import history_row
 from app.training.schedules import build_scheduler
 from app.training.spec import JobSpec
@@ -59,6 +60,7 @@ class Run:
     checkpoint_interval: float = 0.0
     last_saved: float = field(default_factory=time.perf_counter)
     unsaved: bool = False  # an epoch ended since the last checkpoint
+    ranks: Ranks = field(default_factory=Ranks)  # data-parallel ranks (distributed.py)
 
     def elapsed(self) -> float:
         return self.state["elapsed"] + time.perf_counter() - self.started
@@ -78,6 +80,10 @@ class Run:
         self.state["elapsed"], self.started = elapsed, time.perf_counter()
         self.writer.submit(self.state)
         self.last_saved, self.unsaved = time.perf_counter(), False
+
+    def checkpoint_due(self) -> bool:
+        """The checkpoint interval has passed since the last save (rank 0's clock decides)."""
+        return self.ranks.agree(time.perf_counter() - self.last_saved >= self.checkpoint_interval)
 
 
 class StageModel(nn.Module):
@@ -158,7 +164,8 @@ def train_stage(run: Run, plan: StagePlan, data: StageData, *,
     run.callbacks.on_note(message=f"stage '{plan.name}': {why}")
     batches = (DiskBatches if placement == "disk" else Batches)(
         x=data.x, targets=data.targets, labelled=data.labelled, soft=soft, placement=placement,
-        device=run.device, batch_size=plan.batch_size, soft_tasks=set(plan.soft_tasks),
+        device=run.device, batch_size=run.ranks.local_batch(plan.batch_size),
+        soft_tasks=set(plan.soft_tasks),
         features=plan.features, workers=run.spec.training.loader_workers)
     _run_epochs(run, plan, staged, data, batches)
     return staged.model.eval()
@@ -180,7 +187,6 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     scheduler = build_scheduler(training.schedule, optimizer, lr=plan.lr, total_steps=total_steps,
                                 warmup_steps=training.warmup_steps)
     generator = torch.Generator().manual_seed(plan.seed)  # batch order, on the CPU
-    amp = step_precision(training.precision, run.device)  # autocast; fp16's gradient scaler
     first_epoch, seconds, steps, selection = 1, 0.0, 0, Selection()
     current = run.state["current"]
     if current is not None and current["stage"] == plan.name:
@@ -189,11 +195,11 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
         if scheduler is not None:
             scheduler.load_state_dict(current["scheduler"])
         restore_rng(current["rng"], generator, run.device)
-        amp.load_state_dict(current.get("scaler"))
         first_epoch, seconds, steps = current["epoch"] + 1, current["seconds"], current["steps"]
         selection = Selection(**current["selection"])
 
-    forward = staged.model.forward_features  # the training step's forward; evaluation stays eager
+    # The training step's forward (DDP-wrapped under several ranks); evaluation stays eager.
+    forward = run.ranks.training_forward(staged)
     if plan.compiled:
         forward = torch.compile(forward)
     # Cascaded stage 1 trains the trunk under untrained heads: its validation metrics are curves
@@ -204,7 +210,8 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     checkpointing = 0.0  # last epoch's serialisation + wait for the write before it: stage time too
     for epoch in range(first_epoch, plan.epochs + 1):
         epoch_started = time.perf_counter()
-        losses, taken = _train_epoch(run, plan, staged, forward, optimizer, amp, scheduler, generator,
+        run.ranks.start_epoch(plan.seed, epoch)
+        losses, taken = _train_epoch(run, plan, staged, forward, optimizer, scheduler, generator,
                                      batches)
         steps += taken
         last = epoch == plan.epochs
@@ -215,7 +222,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
             selection.update(selection_score(metrics, plan.tasks, data.scales), epoch=epoch,
                              staged=staged, keep=keep_best,
                              min_delta=early.min_delta if early else 0.0)
-            last = last or (early is not None and selection.stale >= early.patience)
+            last = run.ranks.agree(last or (early is not None and selection.stale >= early.patience))
         epoch_seconds = time.perf_counter() - epoch_started
         seconds += epoch_seconds + checkpointing
         run.state["history"].append(history_row(plan, epoch, epoch_seconds, metrics, losses))
@@ -227,14 +234,12 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
                 **staged.weights(), "epochs": epoch, "seconds": seconds, "steps": steps,
                 "best_epoch": selection.best_epoch, "stopped_early": epoch < plan.epochs}
             run.state["current"] = None
-        elif time.perf_counter() - run.last_saved >= run.checkpoint_interval \
-                or run.callbacks.should_stop():
+        elif run.checkpoint_due() or run.callbacks.should_stop():
             run.state["current"] = {
                 "stage": plan.name, "epoch": epoch, "seconds": seconds, "steps": steps,
                 **staged.weights(), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "rng": capture_rng(generator, run.device), "selection": selection.state(),
-                "scaler": amp.state_dict()}
+                "rng": capture_rng(generator, run.device), "selection": selection.state()}
         else:  # the checkpoint on disk stays at an earlier epoch for now
             save, run.unsaved = False, True
         if save:
@@ -253,8 +258,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
 
 
 def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callable[..., Any],
-                 optimizer: torch.optim.Optimizer, amp: StepPrecision, scheduler: Any,
-                 generator: torch.Generator,
+                 optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
                  batches: Batches | DiskBatches) -> tuple[dict[str, float], int]:
     """Run one epoch: a pass over the stage's rows, or `plan.epoch_steps` steps over as many
     reshuffled passes as that takes; return the sample-weighted mean of each loss term and the
@@ -271,6 +275,8 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     # StagePlan has no flag for it (plan.noisy is input_noise > 0), so the role decides here.
     augment = spec.training.augment if plan.role in ("student", "baseline") else None
     online = run.teaches_online(plan)
+    mixed = run.device.type == "cuda"  # bf16 autocast: losses are computed in float32
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
     shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
     shared = None if shared_layer is None else shared_layer.weight
     step_coefficients: dict[str, float] | None = None  # the terms are the same most steps
@@ -279,7 +285,7 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     sums: dict[tuple[str, ...], list[torch.Tensor]] = {}
     staged.train()
     taken = seen = 0
-    for rows in _epoch_batches(batches, generator, steps=plan.epoch_steps):
+    for rows in _epoch_batches(batches, generator, steps=plan.epoch_steps, ranks=run.ranks):
         if not run.unsaved and run.callbacks.should_stop():  # unsaved: stop at the epoch's end
             raise TrainingCancelled(f"cancelled during stage '{plan.name}'")
         x = rows.x  # (batch, *input_shape)
@@ -288,9 +294,9 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
         if noise > 0:
             x = x + noise * torch.randn_like(x)
         soft = online_targets(spec, run.online_teachers, x, run.scales) if online else rows.soft
-        with amp.autocast():  # training.precision: losses are computed in float32
+        with autocast:
             logits, taps = forward(x)
-        batch = Batch(logits={t: z.float() for t, z in logits.items()} if amp.mixed else logits,
+        batch = Batch(logits={t: z.float() for t, z in logits.items()} if mixed else logits,
                       features=taps["trunk"].flatten(1).float() if plan.features else None,
                       targets=rows.targets,
                       labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
@@ -300,7 +306,9 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
             terms.update(run.layer_kd.terms(x, taps, staged.adaptors))
         taken += 1
         seen += len(x)
-        if not terms:  # no labelled row and nothing to distil: the batch teaches nothing
+        # no labelled row and nothing to distil: the batch teaches nothing (under several ranks
+        # this rank still steps with the others, its loss joined to the outputs with weight 0)
+        if not terms and run.ranks.world_size == 1:
             if scheduler is not None:
                 scheduler.step()
             continue
@@ -308,12 +316,13 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
             step_coefficients = {name: coefficients[name] for name in terms}
         loss, weighting_terms = staged.weighting.combine(terms, step_coefficients, shared=shared)
         optimizer.zero_grad(set_to_none=True)
-        amp.backward(loss)
-        amp.step(optimizer)
+        run.ranks.step_loss(loss, logits, taps).backward()  # several ranks: see distributed.py
+        run.ranks.average_grads(staged)  # adaptors and learned task weights (the model: DDP)
+        optimizer.step()
         if scheduler is not None:
             scheduler.step()
         staged.weighting.after_step()
-        values = {**terms, **weighting_terms, "total": loss}
+        values = {**terms, **weighting_terms, "total": torch.as_tensor(loss, device=run.device)}
         names = tuple(values)
         with torch.no_grad():
             if names not in sums:
@@ -323,6 +332,7 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     for names, total in sums.items():
         for name, value in zip(names, (torch.stack(total) / max(seen, 1)).tolist(), strict=True):
             losses[name] = losses.get(name, 0.0) + value
+    losses = run.ranks.finish_epoch(staged, losses, seen=seen)  # global means; buffers in sync
     losses.update({f"weight.{task}": w for task, w in staged.weighting.current_weights().items()})
     staged.weighting.end_epoch()  # DWA derives the next epoch's weights here
     broken = [name for name, value in losses.items() if not math.isfinite(value)]
@@ -334,11 +344,13 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
 
 
 def _epoch_batches(batches: Batches | DiskBatches, generator: torch.Generator, *,
-                   steps: int | None) -> Iterator[RowBatch]:
+                   steps: int | None, ranks: Ranks | None = None) -> Iterator[RowBatch]:
     """Yield one epoch's batches: one seeded pass, or exactly `steps` over fresh passes."""
     taken = 0
     while True:
         order = batches.draw_order(generator)  # (n,) on the CPU; "disk": a chunk plan
+        if ranks is not None:  # this rank's part of each global batch
+            order = ranks.shard(order, batches.batch_size)
         for rows in batches.epoch(order):
             yield rows
             taken += 1
