@@ -31,9 +31,12 @@ def unpooled_sessions(url: str) -> sessionmaker[Session]:
 
     The reaper runs in the worker's main process, which forks a fresh pool process for every job;
     a connection left in a pool here would be inherited by the child and the same socket used by
-    two processes at once.
+    two processes at once. A server that does not answer fails the connect within 5 s: the
+    recovery of a dead pool process (worker/recovery.py) runs on the worker's event loop.
     """
-    return sessionmaker(bind=create_engine(url, poolclass=NullPool), expire_on_commit=False)
+    connect_args = {"connect_timeout": 5} if url.startswith("postgresql") else {}
+    return sessionmaker(bind=create_engine(url, poolclass=NullPool, connect_args=connect_args),
+                        expire_on_commit=False)
 
 
 def reap_once(settings: Settings) -> list[str]:
