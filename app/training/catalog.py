@@ -8,6 +8,7 @@ import copy
 from typing import Any, Literal
 
 from app.training.datasets.catalog import BUILTIN_DATASETS
+from app.training.hf_config import BUILTIN_BACKBONES, HF_ENCODER_FAMILIES
 
 
 def literal(table: dict[str, Any]) -> Any:
@@ -263,4 +264,8 @@ def catalog() -> dict[str, Any]:
         "export_formats": EXPORT_FORMATS,
         "dataset_formats": DATASET_FORMATS,
         "encodings": ENCODINGS,
+        # Hugging Face checkpoints: the config.json model_types a teacher_hf upload may hold, and the
+        # built-in pretrained backbones (arch.backbone) with the package that ships each.
+        "hf_encoder_families": list(HF_ENCODER_FAMILIES),
+        "backbones": BUILTIN_BACKBONES,
     })

