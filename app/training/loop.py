@@ -21,6 +21,7 @@ from app.training.datasets.streamed import load_disk_data
 from app.training.distributed import Ranks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.files import FileResolver, LocalFileResolver
+from app.training.precision import check_precision
 from app.training.results import Result, write_results
 from app.training.spec import JobSpec, spec_sha256
 from app.training.stage import Run, train_stage
@@ -68,6 +69,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     resolver = ranks.resolver(resolver)  # ranks > 0 read the paths rank 0 resolved
     sha = spec_sha256(spec)
     device = resolve_device(spec.training.device, deterministic=spec.training.deterministic)
+    check_precision(spec.training.precision, device)  # fp16 on a CPU fails here, before any work
 
     # 1. Data: train / validation / test, the label subset, the transfer rows, target scales.
     ranks.wait_for_main("data")  # rank 0 fills the file caches first

@@ -133,6 +133,7 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
         "rows": rows,  # train, validation, test, labelled and transfer rows
         "diagnostics": [*targets.notes, *diagnose(spec.tasks, tasks, data.y_test)],
         "device": device,
+        "precision": spec.training.precision,  # the training step's (precision.py)
         "data_placement": placements,  # stage -> "device" | "stream" (stages trained by this call)
         # world_size and per-rank training throughput (distributed.Ranks.report)
         **(parallel or {"world_size": 1}),

@@ -12,8 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from app.training.catalog import (ARCHITECTURES, KINDS_WITH_CLASSES, PRESET_TERMS, ArchType,
-                                  DatasetFormat, DeviceName, Encoding, PlacementName, ScheduleName,
-                                  SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
+                                  DatasetFormat, DeviceName, Encoding, PlacementName, PrecisionName,
+                                  ScheduleName, SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
 from app.training.datasets.catalog import BUILTIN_DATASETS
 
 # Names end up in file names, ONNX output names and CSV headers: keep them plain.
@@ -354,6 +354,7 @@ class TrainingSpec(_Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     weight_decay: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     device: DeviceName = "auto"
+    precision: PrecisionName = "fp32"  # the training step's (precision.py); the same on every device
     input_noise: Annotated[float, Field(ge=0, le=10, allow_inf_nan=False)] = 0.0  # augmentation
     augment: AugmentSpec | None = None  # random crops / flips of image inputs (rank 2 or 3)
     # Where training rows live: all on the device (index slices) or streamed by a DataLoader.

@@ -5,7 +5,6 @@
 and writer, the callbacks); loop.py builds it and calls `train_stage` per stage.
 """
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from app.training.distributed import Ranks
 from app.training.errors import TrainingCancelled, TrainingError
 from app.training.evaluate import predict, selection_score, task_metrics
 from app.training.models import build_model
+from app.training.precision import StepPrecision, step_precision
 from app.training.results import history_row
 from app.training.schedules import build_scheduler
 from app.training.spec import JobSpec
@@ -187,6 +187,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     scheduler = build_scheduler(training.schedule, optimizer, lr=plan.lr, total_steps=total_steps,
                                 warmup_steps=training.warmup_steps)
     generator = torch.Generator().manual_seed(plan.seed)  # batch order, on the CPU
+    amp = step_precision(training.precision, run.device)  # autocast; fp16's gradient scaler
     first_epoch, seconds, steps, selection = 1, 0.0, 0, Selection()
     current = run.state["current"]
     if current is not None and current["stage"] == plan.name:
@@ -195,6 +196,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
         if scheduler is not None:
             scheduler.load_state_dict(current["scheduler"])
         restore_rng(current["rng"], generator, run.device)
+        amp.load_state_dict(current.get("scaler"))
         first_epoch, seconds, steps = current["epoch"] + 1, current["seconds"], current["steps"]
         selection = Selection(**current["selection"])
 
@@ -211,7 +213,7 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
     for epoch in range(first_epoch, plan.epochs + 1):
         epoch_started = time.perf_counter()
         run.ranks.start_epoch(plan.seed, epoch)
-        losses, taken = _train_epoch(run, plan, staged, forward, optimizer, scheduler, generator,
+        losses, taken = _train_epoch(run, plan, staged, forward, optimizer, amp, scheduler, generator,
                                      batches)
         steps += taken
         last = epoch == plan.epochs
@@ -239,7 +241,8 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
                 "stage": plan.name, "epoch": epoch, "seconds": seconds, "steps": steps,
                 **staged.weights(), "optimizer": optimizer.state_dict(),
                 "scheduler": None if scheduler is None else scheduler.state_dict(),
-                "rng": capture_rng(generator, run.device), "selection": selection.state()}
+                "rng": capture_rng(generator, run.device), "selection": selection.state(),
+                "scaler": amp.state_dict()}
         else:  # the checkpoint on disk stays at an earlier epoch for now
             save, run.unsaved = False, True
         if save:
@@ -258,7 +261,8 @@ def _run_epochs(run: Run, plan: StagePlan, staged: StageModel, data: StageData,
 
 
 def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callable[..., Any],
-                 optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+                 optimizer: torch.optim.Optimizer, amp: StepPrecision, scheduler: Any,
+                 generator: torch.Generator,
                  batches: Batches | DiskBatches) -> tuple[dict[str, float], int]:
     """Run one epoch: a pass over the stage's rows, or `plan.epoch_steps` steps over as many
     reshuffled passes as that takes; return the sample-weighted mean of each loss term and the
@@ -275,8 +279,6 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
     # StagePlan has no flag for it (plan.noisy is input_noise > 0), so the role decides here.
     augment = spec.training.augment if plan.role in ("student", "baseline") else None
     online = run.teaches_online(plan)
-    mixed = run.device.type == "cuda"  # bf16 autocast: losses are computed in float32
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext()
     shared_layer = staged.model.last_shared_layer()  # GradNorm's gradient probe
     shared = None if shared_layer is None else shared_layer.weight
     step_coefficients: dict[str, float] | None = None  # the terms are the same most steps
@@ -294,9 +296,9 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
         if noise > 0:
             x = x + noise * torch.randn_like(x)
         soft = online_targets(spec, run.online_teachers, x, run.scales) if online else rows.soft
-        with autocast:
+        with amp.autocast():  # training.precision: losses are computed in float32
             logits, taps = forward(x)
-        batch = Batch(logits={t: z.float() for t, z in logits.items()} if mixed else logits,
+        batch = Batch(logits={t: z.float() for t, z in logits.items()} if amp.mixed else logits,
                       features=taps["trunk"].flatten(1).float() if plan.features else None,
                       targets=rows.targets,
                       labelled=rows.labelled, teacher_logits=soft.logits if soft else {},
@@ -316,9 +318,9 @@ def _train_epoch(run: Run, plan: StagePlan, staged: StageModel, forward: Callabl
             step_coefficients = {name: coefficients[name] for name in terms}
         loss, weighting_terms = staged.weighting.combine(terms, step_coefficients, shared=shared)
         optimizer.zero_grad(set_to_none=True)
-        run.ranks.step_loss(loss, logits, taps).backward()  # several ranks: see distributed.py
+        amp.backward(run.ranks.step_loss(loss, logits, taps))  # several ranks: see distributed.py
         run.ranks.average_grads(staged)  # adaptors and learned task weights (the model: DDP)
-        optimizer.step()
+        amp.step(optimizer)
         if scheduler is not None:
             scheduler.step()
         staged.weighting.after_step()
