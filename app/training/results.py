@@ -32,6 +32,7 @@ from app.training.teacher_targets import TeacherTargets
 from app.training.teachers import ModelTeacher, OnnxTeacher
 
 LATENCY_ROWS = 8192
+TEXT_LATENCY_ROWS = 256
 
 
 @dataclass
@@ -106,6 +107,8 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
     params = {t.name: built.params for t, built in zip(spec.teachers, targets.teachers)}
     # Rows on disk ("disk" placement): latency on the first LATENCY_ROWS test rows, read once.
     latency_x = data.x_test if isinstance(data.x_test, torch.Tensor) else data.x_test[:LATENCY_ROWS]
+    if data.text is not None:  # a pretrained transformer teacher: ~1 GFLOP a row; a sample times it
+        latency_x = latency_x[:TEXT_LATENCY_ROWS]
     tasks = compare_tasks(spec.tasks, student=metrics_of(student), teacher=teacher,
                           baseline=metrics_of(models["baseline"]) if "baseline" in models else None)
     results = {

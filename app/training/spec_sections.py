@@ -79,6 +79,7 @@ class DatasetSpec(_Strict):
     max_length: int | None = Field(default=None, ge=4, le=4096, exclude_if=_unset)
     vocab_size: int | None = Field(default=None, ge=100, le=1_000_000, exclude_if=_unset)
     max_train_rows: int | None = Field(default=None, ge=10, exclude_if=_unset)
+    max_test_rows: int | None = Field(default=None, ge=10, exclude_if=_unset)
 
     @field_validator("builtin")
     @classmethod
