@@ -6,7 +6,8 @@ and run on the event loop without I/O.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
@@ -37,7 +38,7 @@ _permits: dict[tuple[int, str], asyncio.Semaphore] = {}
 
 
 def _db_permits(url: str) -> asyncio.Semaphore | None:
-    """One permit per pooled connection, per event loop; None for a pool without a bound."""
+    """One permit per kept pooled connection, per event loop; None for a pool without a bound."""
     capacity = pool_capacity(url)
     if capacity is None:
         return None
@@ -47,23 +48,39 @@ def _db_permits(url: str) -> asyncio.Semaphore | None:
     return _permits[key]
 
 
+class _Permit:
+    """A request's right to hold a pooled connection: taken before its session is used, given back once."""
+
+    def __init__(self, semaphore: asyncio.Semaphore | None):
+        self.semaphore, self.held = semaphore, False
+
+    async def take(self) -> None:
+        if self.semaphore is not None and not self.held:
+            await self.semaphore.acquire()
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.semaphore is not None and self.held:
+            self.held = False
+            self.semaphore.release()
+
+
 async def get_db(request: Request, settings: SettingsDep) -> AsyncIterator[Session]:
     # A request holds its pooled connection across threadpool hops (key check, job lookup, handler,
     # response validation, each a hop). With more requests than connections, a burst filled every
     # threadpool token with requests waiting for a connection while every connection was held by a
     # request waiting for a token: nothing moved until the pool timed out (tests/api/test_request_burst.py).
-    # So at most as many requests as the pool has connections hold a session; the others wait here, on
+    # So at most as many requests as the pool keeps connections hold a session; the others wait here, on
     # the event loop, holding neither a token nor a connection.
-    permits = _db_permits(settings.resolved_database_url)
-    if permits is not None:
-        await permits.acquire()
+    permit = _Permit(_db_permits(settings.resolved_database_url))
+    await permit.take()
     # GET and HEAD never write (no route of theirs does), so their session runs in autocommit: no BEGIN,
     # no ROLLBACK, and closing it does no I/O. Opening any session does no I/O (it connects on first
     # use); closing a transactional one sends a ROLLBACK, so that runs in the threadpool (shielded from
     # cancellation by anyio, so the connection always goes back to the pool).
     read_only = request.method in READ_ONLY_METHODS
     session = get_sessionmaker(settings.resolved_database_url, autocommit=read_only)()
-    session.info["release_permit"] = _releaser(permits)
+    session.info["permit"] = permit
     try:
         yield session
     finally:
@@ -71,34 +88,36 @@ async def get_db(request: Request, settings: SettingsDep) -> AsyncIterator[Sessi
             await run_in_threadpool(session.close)
         else:
             session.close()
-        session.info["release_permit"]()
-
-
-def _releaser(permits: asyncio.Semaphore | None) -> Callable[[], None]:
-    """Give the permit back once, from the event loop (a stream gives it back early: release_session)."""
-    released = False
-
-    def release() -> None:
-        nonlocal released
-        if permits is not None and not released:
-            released = True
-            permits.release()
-
-    return release
+        permit.give_back()
 
 
 def release_session(db: Session) -> None:
     """Close a request's session now and give its permit back (a stream that outlives its queries)."""
     db.close()
-    db.info["release_permit"]()
+    db.info["permit"].give_back()
+
+
+@asynccontextmanager
+async def session_paused(db: Session) -> AsyncIterator[None]:
+    """Give the connection and the permit back during a long wait that needs no database (an upload's
+    body arriving); the session is usable again after it (its loaded rows stay loaded)."""
+    if db.in_transaction():
+        await run_in_threadpool(db.commit)
+    db.info["permit"].give_back()
+    try:
+        yield
+    finally:
+        await db.info["permit"].take()
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer dk_...`")
 
 
-def get_api_key(db: SessionDep, settings: SettingsDep,
-                credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> ApiKey:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _checked_key(db: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None) -> ApiKey:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -107,6 +126,10 @@ def get_api_key(db: SessionDep, settings: SettingsDep,
         raise Unauthorized("invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     check_rate_limit(settings=settings, key_sha256=key.key_sha256)
     return key
+
+
+def get_api_key(db: SessionDep, settings: SettingsDep, credentials: Credentials) -> ApiKey:
+    return _checked_key(db, settings, credentials)
 
 
 ApiKeyDep = Annotated[ApiKey, Depends(get_api_key)]
@@ -128,8 +151,12 @@ async def get_admin_key(key: ApiKeyDep) -> ApiKey:
 AdminDep = Annotated[ApiKey, Depends(get_admin_key)]
 
 
-def get_tenant_job(db: SessionDep, tenant: TenantDep, job_id: Annotated[str, Path(max_length=64)]) -> Job:
-    return get_job(db=db, tenant=tenant, job_id=job_id)
+def get_tenant_job(db: SessionDep, settings: SettingsDep, credentials: Credentials,
+                   job_id: Annotated[str, Path(max_length=64)]) -> Job:
+    # The key check and the lookup in one threadpool hop, not two (each hop was ~10 % of a status
+    # request's CPU, profiled with py-spy): this is the most frequent request (clients poll it).
+    key = _checked_key(db, settings, credentials)
+    return get_job(db=db, tenant=key.tenant, job_id=job_id)
 
 
 JobDep = Annotated[Job, Depends(get_tenant_job)]

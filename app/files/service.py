@@ -20,22 +20,30 @@ from app.files.objects import (
     put_upload,
     uploads_in_object_store,
 )
-from app.files.uploads import BadUpload, receive_upload
+from app.files.uploads import BadUpload, ReceivedUpload, receive_upload
 from app.job_status import ACTIVE_STATUSES
 from app.models import File, Job, Tenant
 from app.services.jobs import tenant_usage
 
 
-async def accept_upload(*, db: Session, tenant: Tenant, content_type: str, chunks: AsyncIterator[bytes],
-                        settings: Settings) -> File:
-    """Stream the upload to disk, check it for its purpose, then keep it under the tenant."""
+def upload_limit(*, db: Session, tenant: Tenant, settings: Settings) -> int:
+    """The most bytes the tenant's next upload may have (its quota left, capped by the upload limit)."""
     _active, used = tenant_usage(db=db, tenant=tenant)
     quota = tenant.max_storage_bytes if tenant.max_storage_bytes is not None else settings.max_storage_bytes_per_tenant
     limit = min(settings.max_upload_bytes, max(0, quota - used))
     if limit == 0:
         raise QuotaExceeded(f"stored files and artifacts use {used} bytes, the quota is {quota}")
-    received = await receive_upload(content_type=content_type, chunks=chunks,
-                                    tmp_dir=settings.files_dir / ".incoming", max_bytes=limit)
+    return limit
+
+
+async def receive(*, content_type: str, chunks: AsyncIterator[bytes], limit: int, settings: Settings) -> ReceivedUpload:
+    """Stream the upload to a temporary file under the files directory (no database needed meanwhile)."""
+    return await receive_upload(content_type=content_type, chunks=chunks,
+                                tmp_dir=settings.files_dir / ".incoming", max_bytes=limit)
+
+
+async def keep_upload(*, db: Session, tenant: Tenant, received: ReceivedUpload, settings: Settings) -> File:
+    """Check a received upload for its purpose, then keep it under the tenant (the temporary file goes)."""
     try:
         purpose = received.fields.get("purpose", "")
         if purpose not in PURPOSES:

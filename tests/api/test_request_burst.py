@@ -58,3 +58,37 @@ def test_a_burst_of_job_requests_is_answered_without_waiting_on_the_pool(server:
     assert codes.count(200) == len(codes), sorted(set(codes))
     # A deadlock shows as the 30 s pool timeout; the burst itself takes a few seconds on a busy machine.
     assert seconds < 25, seconds
+
+
+async def _stalled_uploads(url: str, key: str, count: int) -> list[asyncio.StreamWriter]:
+    """Start ``count`` uploads that send their headers and a first chunk, then stall."""
+    host, port = url.removeprefix("http://").split(":")
+    writers = []
+    for _ in range(count):
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write((f"POST /v1/files HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+                      "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n"
+                      "--b\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\ndataset\r\n").encode())
+        await writer.drain()
+        writers.append(writer)
+    return writers
+
+
+def test_slow_uploads_do_not_hold_the_connections_other_requests_need(server: tuple[str, str]) -> None:
+    url, key = server
+
+    async def scenario() -> list[float]:
+        writers = await _stalled_uploads(url, key, 40)  # more than the pool keeps (5 SQLite, 10 PostgreSQL)
+        await asyncio.sleep(1.0)  # every upload has passed its key check and waits for its body
+        waits = []
+        async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as http:
+            for _ in range(5):
+                started = time.perf_counter()
+                assert (await http.get("/v1/jobs")).status_code == 200
+                waits.append(time.perf_counter() - started)
+        for writer in writers:
+            writer.close()
+        return waits
+
+    waits = asyncio.run(scenario())
+    assert max(waits) < 5, waits  # a held permit would have kept them waiting until the uploads ended

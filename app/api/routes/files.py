@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep, session_paused
 from app.api.problems import problems
 from app.files import service as file_service
 from app.files.checks import PURPOSES, FilePurpose
@@ -30,8 +30,17 @@ async def upload_file(request: Request, db: SessionDep, tenant: TenantDep, setti
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes + MULTIPART_OVERHEAD:
         raise PayloadTooLarge(f"the upload is larger than the limit of {settings.max_upload_bytes} bytes")
-    row = await file_service.accept_upload(db=db, tenant=tenant, content_type=request.headers.get("content-type", ""),
-                                           chunks=request.stream(), settings=settings)
+    limit = file_service.upload_limit(db=db, tenant=tenant, settings=settings)
+    received = None
+    try:
+        async with session_paused(db):  # a slow body must not hold a pooled connection (nor its permit)
+            received = await file_service.receive(content_type=request.headers.get("content-type", ""),
+                                                  chunks=request.stream(), limit=limit, settings=settings)
+    except BaseException:  # cancelled while waiting for the permit again: the received file goes too
+        if received is not None:
+            received.path.unlink(missing_ok=True)
+        raise
+    row = await file_service.keep_upload(db=db, tenant=tenant, received=received, settings=settings)
     return FileOut.model_validate(row)
 
 
