@@ -9,7 +9,7 @@ from tests.conftest import tiny_spec
 
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
-def test_fp16_is_refused_on_a_cpu_pool_and_bf16_accepted(settings, auth: dict,  # noqa: ANN001
+def test_fp16_is_refused_on_a_cpu_pool_and_bf16_accepted(settings, auth: dict,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTILLERY_WORKER_ACCELERATOR", "cpu")
     get_settings.cache_clear()

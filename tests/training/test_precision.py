@@ -8,7 +8,12 @@ from pydantic import ValidationError
 
 from app.training.errors import TrainingError
 from app.training.loop import train
-from app.training.precision import StepPrecision, check_pool_precision, check_precision, step_precision
+from app.training.precision import (
+    StepPrecision,
+    check_pool_precision,
+    check_precision,
+    step_precision,
+)
 from app.training.preflight import DryRunError, dry_run
 from tests.training.conftest import tiny_spec
 
