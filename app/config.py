@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     # torch intra-op threads per worker process; unset = torch's default (all cores). On a machine
     # shared with other processes 1 can be far faster (oversubscribed cores thrash).
     torch_threads: int | None = Field(default=None, ge=1)
+    # Devices this worker trains data-parallel jobs on (resources.devices); unset: its CUDA device
+    # count, or 1 on a CPU host. Set on the API too (the largest worker's) where they run apart.
+    worker_devices: int | None = Field(default=None, ge=1)
     # What the job workers train on, for the API's dry run: "auto" = this host's own CUDA (the
     # embedded deployment: API and worker on one machine); "cpu" or "cuda" where the workers run
     # elsewhere (compose). A spec asking for training.precision fp16 is refused on a CPU-only pool.

@@ -139,3 +139,6 @@ class ValidationSummary(BaseModel):
     spec_sha256: str
     summary: dict[str, Any] = Field(description="params per model, compression ratio, stages with steps per "
                                                 "epoch, estimated teacher-cache bytes, dataset notes")
+    warnings: list[str] = Field(default_factory=list,
+                                description="what would keep the job from running now (e.g. no worker "
+                                            "with resources.devices devices)")

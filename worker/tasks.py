@@ -23,6 +23,7 @@ from app.services.events import add_event
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
 from app.training import TrainCallbacks
 from worker.celery_app import celery_app
+from worker.ddp import defer_if_too_big
 
 log = logging.getLogger("distillery.worker")
 T = TypeVar("T")
@@ -145,7 +146,9 @@ def _worker_shutting_down() -> bool:
 
 def execute_job(job_id: str, *, settings: Settings) -> str:
     """Run one job to an end state (or back to the queue); return what happened."""
-    from app.training import JobSpec, TrainingCancelled, TrainingError, tracked, train
+    from app.training import JobSpec, TrainingCancelled, TrainingError, tracked
+    from app.training.distributed import RankFailed
+    from app.training.launch import train_job
 
     if settings.torch_threads:
         import torch
@@ -158,6 +161,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         # A worker in warm shutdown can still be handed a message; pass it on rather than claim.
         log.info("job %s: worker is shutting down; sending the job back to the queue unclaimed", job_id)
         enqueue(job_id, settings=settings)
+        return "deferred"
+    if defer_if_too_big(job_id, settings=settings):  # resources.devices: left to a bigger worker
         return "deferred"
     with session_scope(db_url) as db:
         job = claim_job(db=db, job_id=job_id, owner=owner)
@@ -184,12 +189,12 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         database = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
         with tracked(spec, database, tracking_uri=settings.mlflow_tracking_uri, workdir=workdir,
                      default_experiment=settings.mlflow_experiment, job_id=job_id) as callbacks:
-            result = train(spec, workdir, callbacks=callbacks, job_id=job_id,
-                           cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
-                           resolver=file_resolver(settings=settings, tenant_id=job.tenant_id, spec=job.spec),
-                           allow_torchscript=settings.allow_torchscript,
-                           checkpoint_interval=settings.checkpoint_interval_seconds,
-                           reuse_teacher_weights=True)  # a search's trials train their teachers once
+            result = train_job(spec, workdir, callbacks=callbacks, job_id=job_id,
+                               cache_dir=settings.data_dir.resolve() / "teacher-cache" / job.tenant_id,
+                               resolver=file_resolver(settings=settings, tenant_id=job.tenant_id, spec=job.spec),
+                               allow_torchscript=settings.allow_torchscript,
+                               checkpoint_interval=settings.checkpoint_interval_seconds,
+                               reuse_teacher_weights=True)  # a search's trials train their teachers once
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)
         worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)
@@ -207,6 +212,16 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
             return "lease_lost"
         finish(JobStatus.CANCELLED)
         return JobStatus.CANCELLED
+    except RankFailed as exc:  # a data-parallel rank died: hand the job back, it resumes
+        log.warning("job %s: %s", job_id, exc)
+        if job.attempt >= settings.max_attempts:
+            finish(JobStatus.FAILED, error_code="rank_lost", error_message=str(exc))
+            return JobStatus.FAILED
+        with session_scope(db_url) as db:
+            released = release_job(db=db, job_id=job_id, owner=owner, reason="rank_lost")
+        if released:
+            enqueue(job_id, settings=settings)
+        return "requeued"
     except TrainingError as exc:
         log.warning("job %s failed: %s: %s", job_id, exc.code, exc.message)
         finish(JobStatus.FAILED, error_code=exc.code, error_message=exc.message)

@@ -14,6 +14,7 @@ from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.services import validator
 from app.services.events import add_event
+from app.services.placement import placement_warnings
 from app.files.refs import check_file_refs
 from app.storage import get_store
 from app.training import JobSpec, spec_sha256
@@ -208,4 +209,5 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
     _refuse_untracked_mlflow(spec, settings)
     check_file_refs(db=db, tenant=tenant, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
-    return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary)
+    return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary,
+                             warnings=placement_warnings(spec, settings))

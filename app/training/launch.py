@@ -65,8 +65,9 @@ def train_job(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None 
     threads = threads or (previous_threads if cuda else max(1, previous_threads // world))
     store = dist.TCPStore("127.0.0.1", 0, world, is_master=True, wait_for_workers=False,
                           timeout=COLLECTIVE_TIMEOUT)
-    child_kwargs = {key: kwargs[key] for key in ("job_id", "cache_dir", "allow_torchscript",
-                                                  "checkpoint_interval") if key in kwargs}
+    # Every train() argument but the resolver (ranks > 0 read rank 0's paths) reaches every rank:
+    # a setting that only rank 0 saw (reuse_teacher_weights) would make it train another model.
+    child_kwargs = {key: value for key, value in kwargs.items() if key != "resolver"}
     context = mp.get_context("spawn")
     ranks: list[BaseProcess] = []
     try:
@@ -91,9 +92,9 @@ def train_job(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None 
         except Exception as exc:
             raise _rank_failure(store, ranks) or exc from exc
     finally:
-        _stop(ranks)
-        if dist.is_initialized():
+        if dist.is_initialized():  # first: a rank's shutdown may wait for rank 0's
             dist.destroy_process_group()
+        _stop(ranks)
         torch.set_num_threads(previous_threads)
 
 
@@ -168,7 +169,8 @@ def _rank_main(rank: int, world: int, port: int, parent: int, backend: str, spec
             store.set(f"error/{rank}", pickle.dumps(("internal_error",
                                                      f"{type(exc).__name__}: {exc}"[:300])))
         code = 1
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    sys.exit(code)
+    # Exit at once: rank 0 has what it needs (the group's work is done or failed), and an orderly
+    # shutdown of the group and the interpreter took seconds on a loaded host, which rank 0 waits.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -77,6 +77,8 @@ def trained_teacher(run: Run, plan: StagePlan, data: StageData, *,
     key = teacher_weights_key(plan, data, training=run.spec.training.model_dump(mode="json"),
                               device=run.device.type)
     stored = cache.get(key)
+    if not run.ranks.agree(stored is not None):  # data-parallel: every rank trains if rank 0 does
+        stored = None
     if stored is not None:
         # This job spent no time on the stage; epochs/steps say what the stored weights went through.
         run.state["finished"][plan.name] = {**stored, "seconds": 0.0}

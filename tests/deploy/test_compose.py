@@ -218,12 +218,14 @@ def test_worker_reserves_one_nvidia_gpu(services: dict[str, dict[str, Any]]) -> 
 
 
 def test_each_worker_service_gets_its_own_gpu(services: dict[str, dict[str, Any]]) -> None:
-    """Docker maps `count: N` to devices 0..N-1, so per-GPU workers must not overlap."""
+    """Docker maps `count: N` to devices 0..N-1, so per-GPU workers must not overlap; a multi-GPU
+    worker (data-parallel jobs) reserves exactly its DISTILLERY_WORKER_DEVICES GPUs."""
     claimed: list[str] = []
     for name, svc in _workers(services).items():
         for gpu in _gpu_devices(svc):
             ids = [str(i) for i in gpu.get("device_ids", [])] or [str(i) for i in range(int(gpu.get("count", 0)))]
-            assert len(ids) == 1, f"{name}: one worker process per GPU"
+            devices = int(_env(svc).get("DISTILLERY_WORKER_DEVICES", 1))
+            assert len(ids) == devices, f"{name}: one worker process per GPU, or per GPU set"
             assert "-c" in _command(svc) and _command(svc)[_command(svc).index("-c") + 1] == "1", name
             claimed += ids
     assert len(claimed) == len(set(claimed)), f"two worker services share a GPU: {claimed}"
@@ -296,8 +298,11 @@ def test_production_settings_everywhere(services: dict[str, dict[str, Any]]) -> 
         # The production validator (no SQLite, no filesystem broker, no dev key) accepts it.
         settings = Settings(**{k.removeprefix("DISTILLERY_").lower(): v for k, v in env.items()})
         assert settings.env == "production"
+    own = {"DISTILLERY_WORKER_DEVICES"}  # a worker's own device count (a multi-GPU worker)
+    api = {k: v for k, v in _env(services["api"]).items() if k not in own}
     for name in _workers(services):
-        assert _env(services[name]) == _env(services["api"]), f"{name} and api must see the same settings"
+        env = {k: v for k, v in _env(services[name]).items() if k not in own}
+        assert env == api, f"{name} and api must see the same settings"
 
 
 def test_redis_persists_queued_messages(services: dict[str, dict[str, Any]]) -> None:
