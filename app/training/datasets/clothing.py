@@ -11,7 +11,8 @@ review text (845) or without its product taxonomy (13 more) is dropped and count
 Tasks: `rating` (1-5 as classes 0-4), `recommended` (binary), `division` (3), `department` (6),
 `class` (the 20 product classes with the ones under MIN_CLASS_REVIEWS reviews merged into
 "other": 'Casual bottoms' and 'Chemises', one review each, so 19 classes). Classes are the
-sorted names. Split: a fixed 80/20 train/test split stratified on `rating` (random_state 0).
+sorted names. Split: a fixed 80/20 train/test split stratified on `class` (seed 0; each class,
+'other' included, has rows in both splits).
 """
 
 import hashlib
@@ -99,8 +100,6 @@ def parquet_bytes(directory: Path | None = None) -> bytes:
 
 def frame_to_splits(frame: "pd.DataFrame") -> RawTextSplits:
     """Clean a frame with the file's columns into texts and the five targets, split 80/20."""
-    from sklearn.model_selection import train_test_split
-
     total = len(frame)
     body = frame[COLUMNS["review"]].fillna("").astype(str).str.strip()
     frame = frame[body != ""]
@@ -109,18 +108,15 @@ def frame_to_splits(frame: "pd.DataFrame") -> RawTextSplits:
     no_taxonomy = total - no_text - len(frame)
     merged = frame[TASK_COLUMNS["class"]].where(
         frame[TASK_COLUMNS["class"]].isin(CLOTHING_CLASSES), "other")
-    targets = {
+    targets = {  # in the catalog's task order
         "rating": frame[TASK_COLUMNS["rating"]].to_numpy().astype(np.int64) - 1,
         "recommended": frame[TASK_COLUMNS["recommended"]].to_numpy().astype(np.float32),
+        **{task: _codes(frame[TASK_COLUMNS[task]].to_numpy(), CLOTHING_TASK_LABELS[task], task)
+           for task in ("division", "department")},
         "class": _codes(merged.to_numpy(), CLOTHING_TASK_LABELS["class"], "class"),
     }
-    for task in ("division", "department"):
-        targets[task] = _codes(frame[TASK_COLUMNS[task]].to_numpy(), CLOTHING_TASK_LABELS[task], task)
     texts = {name: frame[column].fillna("").astype(str).tolist() for name, column in COLUMNS.items()}
-    rows = np.arange(len(frame))
-    train, test = train_test_split(rows, test_size=TEST_FRACTION, random_state=0,
-                                   stratify=targets["rating"])
-    train, test = np.sort(train), np.sort(test)
+    train, test = class_split(targets["class"])
     merged_count = int((merged == "other").sum())
     note = (f"{NAME}: {no_text} of {total} rows have no review text and {no_taxonomy} more no "
             f"division/department/class; both dropped ({len(frame)} rows kept); {merged_count} "
@@ -131,6 +127,20 @@ def frame_to_splits(frame: "pd.DataFrame") -> RawTextSplits:
         texts_test={c: [t[i] for i in test] for c, t in texts.items()},
         y_train={task: y[train] for task, y in targets.items()},
         y_test={task: y[test] for task, y in targets.items()}, notes=notes)
+
+
+def class_split(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return sorted (train, test) rows: per class (in code order) a seeded TEST_FRACTION of its
+    rows, at least one, go to test; 'other' (two reviews) is then in both splits, which
+    scikit-learn's stratified split does not ensure."""
+    rng = np.random.default_rng(0)
+    test = []
+    for code in np.unique(classes):
+        rows = np.flatnonzero(classes == code)
+        take = max(1, round(TEST_FRACTION * len(rows))) if len(rows) > 1 else 0
+        test.append(rng.permutation(rows)[:take])
+    chosen = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(classes)), chosen), chosen
 
 
 def _codes(values: np.ndarray, labels: tuple[str, ...], task: str) -> np.ndarray:

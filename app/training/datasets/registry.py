@@ -16,7 +16,7 @@ from app.training.spec import DatasetSpec, TaskSpec
 # Modules that register a loader (and maybe a transfer generator) when imported; each keeps its
 # heavy imports (scikit-learn, pandas, mnist1d, ...) inside functions so importing stays cheap.
 _LOADER_MODULES = ("digits", "mnist1d", "penguins", "multimnist", "mnist8x8", "yeast", "census",
-                   "fashion")
+                   "fashion", "clothing_rows")
 
 
 def digit_targets(digit: torch.Tensor) -> dict[str, torch.Tensor]:
