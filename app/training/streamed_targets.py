@@ -2,7 +2,8 @@
 outputs go to the teacher-output cache as row stores, and the standardised ensemble (exactly as
 teacher_targets.py combines them) goes to a job-local store that training reads in chunks.
 
-Validation and test targets (a few floats a row) come back in memory for the teacher's metrics.
+Validation and test logits (a few floats a row) come back in memory for the teacher's metrics;
+everything else stays on disk.
 A cache entry is keyed like teacher_targets.py's, by the teacher's identity and the sha256 of the
 split's input bytes (written with the row store), one entry per teacher and split.
 """
@@ -23,11 +24,8 @@ from app.training.teacher_outputs import TeacherOutputs, probability_warning
 from app.training.teacher_targets import (SoftTargets, TeacherTargets, _outputs_on_model_device,
                                           build_teacher, ensemble, standardised)
 
-CHUNK_BYTES = 32 << 20  # x bytes per teacher forward
-
-
-def _chunk_rows(x: DiskRows) -> int:
-    return max(1, CHUNK_BYTES // max(1, x.numel() // max(len(x), 1) * x.element_size()))
+CHUNK_BYTES = 8 << 20  # x bytes per training read: sequential, and a bounded buffer
+TEACHER_ROWS = 8192  # rows per teacher forward: its activations grow with the rows, not x's bytes
 
 
 class _TeacherSplit:
@@ -80,7 +78,7 @@ def streamed_teacher_targets(spec: JobSpec, *, data: DatasetSplits, trained: dic
             hits[spec_teacher.name] &= part.stored is not None
         tmp, final = directory / f".{split}.tmp", directory / split
         writer: RowWriter | None = None
-        for start, rows in x.chunks(_chunk_rows(x)):
+        for start, rows in x.chunks(TEACHER_ROWS):
             outputs = [part.outputs(rows, start) for part in parts]
             if split == "train" and start == 0:
                 notes += _probability_notes(spec, outputs)
@@ -100,7 +98,10 @@ def streamed_teacher_targets(spec: JobSpec, *, data: DatasetSplits, trained: dic
         publish(tmp, final)
         stored = open_store(final)
         assert stored is not None
-        columns = stored if split == "train" else {n: c[:].to(device) for n, c in stored.items()}
+        # val/test logits (a few floats a row) come to memory for the teacher's metrics; features
+        # (a trunk's width a row) are read by training only, so they stay on disk
+        columns = {n: c if split == "train" or not n.startswith("logits/") else c[:].to(device)
+                   for n, c in stored.items()}
         soft[split] = SoftTargets(  # type: ignore[arg-type]
             logits={n.removeprefix("logits/"): c for n, c in columns.items() if n.startswith("logits/")},
             features={n.removeprefix("features/"): c for n, c in columns.items()

@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
-import app.training.datasets.streamed as streamed
+from app.training.datasets import streamed
 from app.training.datasets.rowstore import RowWriter, open_store
-from app.training.datasets.streamed import load_streamed, roles_of
+from app.training.datasets.streamed import load_disk_data, load_streamed, roles_of
 from app.training.datasets.uploaded import TEST, TRAIN, VALIDATION, load_npz_dataset, load_table_dataset
+from app.training.errors import TrainingError
 from app.training.loop import train
 from app.training.spec import DatasetSpec, JobSpec, TaskSpec
 from app.training.streamed_batches import DiskBatches
@@ -176,6 +177,7 @@ def test_zip_reader_needs_npy_members(tmp_path: Path) -> None:
     path = tmp_path / "plain.npz"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("x.npy", b"not an npy file")
-    with pytest.raises(Exception):
-        load_streamed(DatasetSpec(file="f", format="npz"), tasks=TASKS[:1], paths=[path],
-                      seed=0, directory=tmp_path / "rows")
+        archive.writestr("y_y.npy", b"nor this")
+    with pytest.raises(TrainingError, match="could not be read as npz: ValueError"):
+        load_disk_data(DatasetSpec(file=str(path), format="npz"), tasks=TASKS[:1], seed=0,
+                       resolver=None, device=torch.device("cpu"), directory=tmp_path / "rows")

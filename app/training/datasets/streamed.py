@@ -32,9 +32,9 @@ from app.training.errors import TrainingError
 from app.training.files import FileResolver
 from app.training.spec import DatasetSpec, TaskSpec
 
-CHUNK_ROWS = 1 << 16  # rows per read of the uploaded file
+CHUNK_ROWS = 1 << 15  # rows per read of the uploaded file
 NPZ_CHUNK_BYTES = 16 << 20  # an NPZ chunk's x bytes (image rows are wide)
-MEDIAN_SAMPLE = 1 << 16
+MEDIAN_SAMPLE = 10_000  # per numeric column: the median is exact up to this many train values
 STORE_VERSION = "streamed-v1"  # bump when a store's content for the same inputs changes
 ROLES = {TRAIN: "train", VALIDATION: "val", TEST: "test"}
 
@@ -161,7 +161,10 @@ class Sources:
     def _dataset(self) -> Any:
         import pyarrow.dataset as ds
 
-        return ds.dataset([str(p) for p in self.paths], format="parquet")
+        # no pre-buffering: a row group's column chunks are read as they are decoded
+        fmt = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+            pre_buffer=False))
+        return ds.dataset([str(p) for p in self.paths], format=fmt)
 
     def numeric(self, name: str) -> bool:
         import pyarrow as pa
@@ -173,9 +176,11 @@ class Sources:
         """Yield (first row's index, {column: pandas Series or numpy array}) chunk by chunk."""
         if self.fmt == "parquet":
             start = 0
-            # readahead 1: one batch (and one file) decoded at a time, so memory stays a chunk's
+            # one batch of one file decoded at a time, in this thread, nothing read ahead: memory
+            # stays that of a row group (pyarrow decodes a row group's columns whole)
             for batch in self._dataset().to_batches(columns=columns, batch_size=CHUNK_ROWS,
-                                                    batch_readahead=1, fragment_readahead=1):
+                                                    batch_readahead=0, fragment_readahead=0,
+                                                    use_threads=False):
                 frame = batch.to_pandas()
                 yield start, {name: frame[name] for name in columns}
                 start += len(frame)
@@ -283,7 +288,7 @@ def load_disk_data(spec: DatasetSpec, *, tasks: list[TaskSpec], seed: int,
 
     resolver = resolver or LocalFileResolver()
     assert spec.file is not None, "the spec refuses 'disk' without an uploaded file"
-    paths = [resolver.resolve(ref) for ref in [spec.file, *(getattr(spec, "more_files", None) or [])]]
+    paths = [resolver.resolve(spec.file)]  # load_streamed reads several files as one table too
     try:
         data = load_streamed(spec, tasks=tasks, paths=paths, seed=seed, directory=directory)
     except TrainingError:
