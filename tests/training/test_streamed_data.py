@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from app.training.datasets import streamed
+from app.training.datasets import streamed_source
 from app.training.datasets.rowstore import RowWriter, open_store
-from app.training.datasets.streamed import load_disk_data, load_streamed, roles_of
+from app.training.datasets.streamed import load_disk_data, load_streamed
+from app.training.datasets.streamed_source import roles_of
 from app.training.datasets.uploaded import TEST, TRAIN, VALIDATION, load_npz_dataset, load_table_dataset
 from app.training.errors import TrainingError
 from app.training.loop import train
@@ -38,8 +39,8 @@ def table(n: int, seed: int = 0) -> pd.DataFrame:
 
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streamed, "CHUNK_ROWS", 97)  # many chunks, none aligned with the splits
-    monkeypatch.setattr(streamed, "NPZ_CHUNK_BYTES", 97 * 12)
+    monkeypatch.setattr(streamed_source, "CHUNK_ROWS", 97)  # many chunks, none aligned with the splits
+    monkeypatch.setattr(streamed_source, "NPZ_CHUNK_BYTES", 97 * 12)
 
 
 @pytest.mark.parametrize("encoding", ["embedding", "onehot"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from app.training.datasets.rowstore import RowWriter
 from app.training.datasets.splits import TableLayout
-from app.training.datasets.streamed import (MEDIAN_SAMPLE, ROLES, LabelPlan, Sources, _invalid,
+from app.training.datasets.streamed_source import (MEDIAN_SAMPLE, ROLES, LabelPlan, Sources, _invalid,
                                             check_roles, open_writers, roles_of, uniform)
 from app.training.datasets.uploaded import TRAIN, VALIDATION, category_codes
 from app.training.spec import DatasetSpec, TaskSpec
