@@ -12,6 +12,7 @@ import httpx
 
 from app.job_status import TERMINAL_STATUSES
 from app.schemas import ArtifactOut, EventList, EventOut, FileList, FileOut, JobOut, ValidationSummary
+from app.search_schemas import SearchOut
 
 
 class ApiError(Exception):
@@ -114,6 +115,38 @@ class Client:
                 return job
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
+            time.sleep(poll)
+
+    def submit_search(self, goal: dict[str, Any]) -> SearchOut:
+        """Submit a search goal (base, space, goal, trials...); sent once: a search has no Idempotency-Key."""
+        response = self._http.post("/v1/searches", json=goal)
+        if response.status_code >= 400:
+            raise ApiError(response.status_code, response.json())
+        return SearchOut.model_validate(response.json())
+
+    def search(self, search_id: str) -> SearchOut:
+        return SearchOut.model_validate(self._request("GET", f"/v1/searches/{search_id}").json())
+
+    def cancel_search(self, search_id: str) -> SearchOut:
+        """Cancel a search: its running child jobs are cancelled, no trial starts after."""
+        return SearchOut.model_validate(self._request("POST", f"/v1/searches/{search_id}/cancel").json())
+
+    def search_events(self, search_id: str, *, after: int = 0, limit: int = 100) -> EventList:
+        return EventList.model_validate(self._request("GET", f"/v1/searches/{search_id}/events",
+                                                      params={"after": after, "limit": limit}).json())
+
+    def wait_search(self, search_id: str, *, poll: float = 2.0, timeout: float | None = None,
+                    on_update: Callable[[SearchOut], None] | None = None) -> SearchOut:
+        """Poll until the search ends; ``on_update(search)`` sees every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            search = self.search(search_id)
+            if on_update is not None:
+                on_update(search)
+            if search.status in TERMINAL_STATUSES:
+                return search
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"search {search_id} still {search.status} after {timeout}s")
             time.sleep(poll)
 
     def upload(self, path: Path, *, purpose: str) -> FileOut:

@@ -6,7 +6,7 @@ every command in one place.
 
 import typer
 
-from app.cli import keys, local, remote, serve
+from app.cli import keys, local, remote, search, serve
 from app.cli.serve import ROOT, run_migrations, webhook_worker_argv, worker_argv
 
 __all__ = ["ROOT", "cli", "main", "run_migrations", "webhook_worker_argv", "worker_argv"]
@@ -18,6 +18,7 @@ for command in (serve.up, serve.api, serve.worker, serve.migrate,  # run the ser
     cli.command()(command)
 cli.add_typer(keys.keys_cli, name="keys")
 cli.add_typer(remote.files_cli, name="files")
+cli.add_typer(search.search_cli, name="search")
 
 
 def main() -> None:
