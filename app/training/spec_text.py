@@ -14,16 +14,13 @@ SIZE_FIELDS = ("layers", "hidden_size", "attention_heads", "intermediate_size")
 
 def check_transformer_arch(arch: Any, error: Error) -> None:
     """A pretrained backbone takes its sizes from its config; a student's sizes must fit."""
-    from app.training.hf_encoder import BUILTIN_BACKBONES
-
-    if arch.backbone is not None:
+    if arch.backbone is not None:  # "minilm-l6" or a teacher_hf reference, resolved when the job runs
         for field in SIZE_FIELDS:  # filled in by default: the backbone's config decides
             setattr(arch, field, None)
         if arch.init_from_teacher or arch.prune_vocab:
             raise error("backbone_student_fields", "init_from_teacher and prune_vocab are for "
                         "transformer students built from sizes, not for a pretrained backbone")
         arch.finetune = arch.finetune or "heads"
-        del BUILTIN_BACKBONES  # other names: an uploaded teacher_hf file, resolved when the job runs
         return
     if arch.finetune is not None:
         raise error("finetune_without_backbone", "finetune: only for a pretrained backbone")
