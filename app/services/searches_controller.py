@@ -6,7 +6,8 @@ lease (a step that died) frees it. Each Optuna trial number maps to one child jo
 Idempotency-Key is the search id and the number, and a trial row is unique per number), so a
 step that died between Optuna's ask and the trial row adopts that asked trial instead of asking
 another: no trial is lost or run twice. Optuna is told an outcome before the trial row records
-it; telling a finished trial again is skipped.
+it; telling a finished trial again is skipped. Optuna writes through its own connection, so a
+step never calls it with a write of its own uncommitted (SQLite would lock it out).
 """
 
 import logging
@@ -111,7 +112,7 @@ def _follow_trial(*, db: Session, search: Search, trial: SearchTrial, study: Any
         _record(db, search, trial, state="pruned" if pruned else "cancelled", data={})
     elif request.pruning != "none" and search.reference and not trial.prune_requested:
         _report_epochs(db=db, search=search, trial=trial, job=job, study=study, optuna_id=optuna_id,
-                       request=request)
+                       request=request, judge=True)
 
 
 def _complete(*, db: Session, search: Search, trial: SearchTrial, job: Job, study: Any, optuna_id: int,
@@ -121,6 +122,12 @@ def _complete(*, db: Session, search: Search, trial: SearchTrial, job: Job, stud
     results = job.results or {}
     if search.reference is None:
         search.reference = study_lib.reference_of(results)
+        # Commit before Optuna writes: on SQLite an open write transaction here would hold the
+        # database lock that Optuna's own connection then waits for ("database is locked").
+        db.commit()
+    if request.pruning != "none":  # its whole curve, for the rungs later trials are judged at
+        _report_epochs(db=db, search=search, trial=trial, job=job, study=study, optuna_id=optuna_id,
+                       request=request, judge=False)
     found = study_lib.measures(results, request.goal)
     values = study_lib.objective_values(found, request.goal)
     if study._storage.get_trial(optuna_id).state == optuna.trial.TrialState.RUNNING:  # else told already
@@ -146,9 +153,12 @@ def _record(db: Session, search: Search, trial: SearchTrial, *, state: str, data
 
 
 def _report_epochs(*, db: Session, search: Search, trial: SearchTrial, job: Job, study: Any, optuna_id: int,
-                   request: SearchCreate) -> None:
-    """Report the child's new student epochs to the pruner; cancel the child when it says prune."""
+                   request: SearchCreate, judge: bool) -> None:
+    """Report the child's new student epochs to the pruner; when `judge`, cancel the child if it says prune."""
     import optuna
+
+    if study._storage.get_trial(optuna_id).state != optuna.trial.TrialState.RUNNING:
+        return  # told already (a step that died after telling)
 
     metric = request.goal.objectives[0].metric
     events = db.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.kind == "epoch")
@@ -164,7 +174,7 @@ def _report_epochs(*, db: Session, search: Search, trial: SearchTrial, job: Job,
             continue
         reported = int(data["epoch"])
         optuna_trial.report(value, reported)  # a step reported before (a step that died) is ignored
-        if optuna_trial.should_prune():
+        if judge and optuna_trial.should_prune():
             trial.prune_requested = True
             add_search_event(db=db, search_id=search.id, kind="trial_pruning",
                              data={"number": trial.number, "job_id": job.id, "epoch": reported, "value": value})
