@@ -12,6 +12,7 @@ import torch
 from app.training.datasets.catalog import BUILTIN_DATASETS
 from app.training.datasets.registry import load_dataset
 from app.training.datasets.splits import DatasetSplits, with_validation
+from app.training.datasets.streamed import load_disk_data
 from app.training.errors import TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.models import build_model, count_params, output_size
@@ -135,6 +136,10 @@ def dry_run(spec: JobSpec, *, resolver: FileResolver | None = None, allow_torchs
 def _load(spec: JobSpec, *, resolver: FileResolver, cache_builtin: bool) -> DatasetSplits:
     if is_text_job(spec):  # tokenised as a job would; tokens cached under the temp directory
         return load_text_data(spec, resolver=resolver, cache_dir=DRY_RUN_CACHE)
+    if spec.training.data_placement == "disk":  # read in chunks as the job will, never whole
+        return load_disk_data(spec.dataset, tasks=list(spec.tasks), seed=spec.training.seed,
+                              resolver=resolver, device=torch.device("cpu"),
+                              directory=DRY_RUN_CACHE / "rows")
     if not cache_builtin or spec.dataset.builtin is None:
         return load_dataset(spec.dataset, tasks=list(spec.tasks), resolver=resolver)
     key = (spec.dataset.builtin, spec.dataset.encoding, tuple(task.name for task in spec.tasks))

@@ -182,3 +182,16 @@ def test_zip_reader_needs_npy_members(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="could not be read as npz: ValueError"):
         load_disk_data(DatasetSpec(file=str(path), format="npz"), tasks=TASKS[:1], seed=0,
                        resolver=None, device=torch.device("cpu"), directory=tmp_path / "rows")
+
+
+def test_the_dry_run_reads_a_disk_dataset_in_chunks(tmp_path: Path) -> None:
+    from app.training.preflight import dry_run
+
+    path = tmp_path / "t.parquet"
+    table(900).drop(columns=["split"]).to_parquet(path)
+    summary = dry_run(disk_spec(path))
+    dataset = summary["dataset"]
+    assert dataset["input_shape"] == [4]  # a, b, code as numbers; color as a category code
+    assert dataset["layout"]["names"] == ["color"]
+    assert dataset["train_rows"] == len(load_streamed(
+        disk_spec(path).dataset, tasks=TASKS, paths=[path], seed=0, directory=tmp_path / "rows").x_train)
