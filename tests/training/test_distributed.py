@@ -79,6 +79,7 @@ def test_devices_must_divide_every_batch() -> None:
     assert tiny_spec(resources={"devices": 2}).model_dump()["resources"] == {"devices": 2}
 
 
+@pytest.mark.slow
 def test_two_ranks_train_as_one_process(tmp_path: Path, rank_marker: str) -> None:
     """Same global batch: the first step's loss within 1e-5, final metrics within 0.5 points."""
     results: dict[int, Any] = {}
@@ -106,6 +107,7 @@ def test_two_ranks_train_as_one_process(tmp_path: Path, rank_marker: str) -> Non
     assert marked_processes(rank_marker) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["uncertainty", "gradnorm", "dwa"])
 def test_learned_task_weights_stay_in_sync(tmp_path: Path, method: str) -> None:
     spec = tiny_spec(resources={"devices": 2}, student=NO_DROPOUT, weighting={"method": method},
@@ -132,6 +134,7 @@ class StopAt(TrainCallbacks):
         return self.fired and not self.kill
 
 
+@pytest.mark.slow
 def test_cancel_stops_every_rank(tmp_path: Path, rank_marker: str) -> None:
     spec = tiny_spec(resources={"devices": 2}, student=NO_DROPOUT, training={"epochs": 6})
     with pytest.raises(TrainingCancelled):
@@ -140,6 +143,7 @@ def test_cancel_stops_every_rank(tmp_path: Path, rank_marker: str) -> None:
     assert marked_processes(rank_marker) == []
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_the_group_and_the_job_resumes_to_the_same_results(
         tmp_path: Path, rank_marker: str) -> None:
     spec = tiny_spec(resources={"devices": 2}, student=NO_DROPOUT, training={"epochs": 4})
@@ -152,3 +156,42 @@ def test_killed_rank_fails_the_group_and_the_job_resumes_to_the_same_results(
     assert resumed["tasks"] == whole["tasks"]
     assert resumed["ranks"][0]["params_sha256"] == whole["ranks"][0]["params_sha256"]
     assert marked_processes(rank_marker) == []
+
+
+RANK0_SCRIPT = """
+import sys
+from pathlib import Path
+from app.training.launch import train_job
+from tests.training.conftest import tiny_spec
+if __name__ == "__main__":
+    spec = tiny_spec(resources={"devices": 2}, training={"epochs": 500})
+    train_job(spec, Path(sys.argv[1]) / "run", cache_dir=Path(sys.argv[1]) / "cache")
+"""
+
+
+@pytest.mark.slow
+def test_killing_rank_zero_takes_every_rank_with_it(tmp_path: Path, rank_marker: str) -> None:
+    """The job process (rank 0) SIGKILLed: the kernel kills the ranks it started (PDEATHSIG)."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "rank0.py"
+    script.write_text(RANK0_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    rank0 = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        deadline = time.monotonic() + 180
+        while not (tmp_path / "run" / "checkpoint.pt").exists():  # training, both ranks up
+            assert rank0.poll() is None and time.monotonic() < deadline, "the job did not start"
+            time.sleep(0.2)
+        assert marked_processes(rank_marker)
+        rank0.kill()
+        rank0.wait()
+        deadline = time.monotonic() + 5
+        while marked_processes(rank_marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marked_processes(rank_marker) == []
+    finally:
+        rank0.kill()
