@@ -195,3 +195,26 @@ def test_the_dry_run_reads_a_disk_dataset_in_chunks(tmp_path: Path) -> None:
     assert dataset["layout"]["names"] == ["color"]
     assert dataset["train_rows"] == len(load_streamed(
         disk_spec(path).dataset, tasks=TASKS, paths=[path], seed=0, directory=tmp_path / "rows").x_train)
+
+
+def test_a_cancelled_disk_job_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    from app.training.callbacks import TrainCallbacks
+    from app.training.errors import TrainingCancelled
+
+    class StopAfterStudentEpoch1(TrainCallbacks):
+        stopping = False
+
+        def on_epoch_end(self, **event: object) -> None:
+            self.stopping = self.stopping or (event["stage"], event["epoch"]) == ("student", 1)
+
+        def should_stop(self) -> bool:
+            return self.stopping
+
+    path = tmp_path / "t.parquet"
+    table(1000).drop(columns=["split"]).to_parquet(path)
+    spec = disk_spec(path, epochs=3)
+    uninterrupted = train(spec, tmp_path / "once", cache_dir=tmp_path / "cache").results
+    with pytest.raises(TrainingCancelled):
+        train(spec, tmp_path / "twice", cache_dir=tmp_path / "cache", callbacks=StopAfterStudentEpoch1())
+    resumed = train(spec, tmp_path / "twice", cache_dir=tmp_path / "cache").results
+    assert resumed["tasks"] == uninterrupted["tasks"]  # the same chunk orders after the resume
