@@ -91,4 +91,4 @@ class JobResults(_Open):
     rows: RowCounts
     diagnostics: list[str] = []
     device: str | None = None
-    data_placement: dict[str, str] | None = Field(default=None, description='stage -> "device" or "stream"')
+    data_placement: dict[str, str] | None = Field(default=None, description='stage -> "device", "stream" or "disk"')
