@@ -37,12 +37,21 @@ TEXT_CANDIDATES: dict[str, dict[str, Any]] = {
     "text_t4": {"terms": ["soft"], "temperature": 4.0, "alpha": 0.5},
 }
 LATENCY_ROWS, LATENCY_BATCH = 256, 32
+SIZES: dict[str, int | None] = {"train_rows": None, "test_rows": None, "teacher_epochs": None,
+                                "epochs": None}  # --train-rows ... : a smaller run than the example
 
 
 def text_jobs(seed: int, root: Path, cache: Path) -> dict[str, dict[str, Any]]:
     """The example's job per candidate; the first trains the teacher (later ones hit its caches)."""
     base = json.loads(EXAMPLE.read_text())
     base["training"].update(seed=seed, device="cpu")
+    for field, key in (("train_rows", "max_train_rows"), ("test_rows", "max_test_rows")):
+        if SIZES[field]:
+            base["dataset"][key] = SIZES[field]
+    if SIZES["teacher_epochs"]:
+        base["teachers"][0]["source"]["train"]["epochs"] = SIZES["teacher_epochs"]
+    if SIZES["epochs"]:
+        base["training"]["epochs"] = SIZES["epochs"]
     jobs = {}
     for name, distillation in TEXT_CANDIDATES.items():
         spec = {**base, "name": f"{base['name']}-{name}", "distillation": distillation,
@@ -128,7 +137,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    for field in SIZES:
+        parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=None,
+                            help="override the example's size (a smaller run; say so with its numbers)")
     args = parser.parse_args()
+    SIZES.update({field: getattr(args, field) for field in SIZES})
     torch.set_num_threads(args.threads)
     root = args.workdir or Path(tempfile.mkdtemp(prefix="distillery-text-"))
     per_seed = []
