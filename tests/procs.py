@@ -109,3 +109,21 @@ def wait_http(url: str, *, timeout: float = 30) -> None:
             return False
 
     wait_until(up, timeout=timeout, what=url)
+
+
+def spawned_ranks(marker: str) -> list[int]:
+    """Return the pids of live multiprocessing-spawn children (data-parallel ranks) whose
+    environment holds `marker`; a test sets the marker so that it finds its own ranks, orphans
+    included (a resource tracker is not a rank; zombies are not live)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ, command = (entry / "environ").read_bytes(), (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in environ and b"spawn_main" in command and state != "Z":
+            pids.append(int(entry.name))
+    return pids

@@ -17,27 +17,10 @@ from app.training.callbacks import TrainCallbacks
 from app.training.distributed import RankFailed, Ranks
 from app.training.errors import TrainingCancelled
 from app.training.launch import train_job
+from tests.procs import spawned_ranks
 from tests.training.conftest import tiny_spec
 
 NO_DROPOUT = {"type": "mlp", "trunk": [16], "head": [8], "dropout": 0.0}
-
-
-def marked_processes(marker: str) -> list[int]:
-    """Return the pids of live rank processes (multiprocessing spawn children) whose environment
-    holds `marker`: the ranks this test started (its resource tracker is not a rank)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            command = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in environ and b"spawn_main" in command and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture
@@ -104,7 +87,7 @@ def test_two_ranks_train_as_one_process(tmp_path: Path, rank_marker: str) -> Non
     assert [r["rank"] for r in ranks] == [0, 1]
     assert all(r["rows_per_second"] > 0 for r in ranks)
     assert ranks[0]["params_sha256"] == ranks[1]["params_sha256"]  # weights stayed in sync
-    assert marked_processes(rank_marker) == []
+    assert spawned_ranks(rank_marker) == []
 
 
 @pytest.mark.slow
@@ -140,7 +123,7 @@ def test_cancel_stops_every_rank(tmp_path: Path, rank_marker: str) -> None:
     with pytest.raises(TrainingCancelled):
         train_job(spec, tmp_path / "run", callbacks=StopAt("student", 2),
                   cache_dir=tmp_path / "cache")
-    assert marked_processes(rank_marker) == []
+    assert spawned_ranks(rank_marker) == []
 
 
 @pytest.mark.slow
@@ -151,17 +134,18 @@ def test_killed_rank_fails_the_group_and_the_job_resumes_to_the_same_results(
     with pytest.raises(RankFailed, match="killed by signal 9"):
         train_job(spec, tmp_path / "run", callbacks=StopAt("student", 2, kill=True),
                   cache_dir=tmp_path / "cache")
-    assert marked_processes(rank_marker) == []
+    assert spawned_ranks(rank_marker) == []
     resumed = train_job(spec, tmp_path / "run", cache_dir=tmp_path / "cache").results
     assert resumed["tasks"] == whole["tasks"]
     assert resumed["ranks"][0]["params_sha256"] == whole["ranks"][0]["params_sha256"]
-    assert marked_processes(rank_marker) == []
+    assert spawned_ranks(rank_marker) == []
 
 
 RANK0_SCRIPT = """
 import sys
 from pathlib import Path
 from app.training.launch import train_job
+from tests.procs import spawned_ranks
 from tests.training.conftest import tiny_spec
 if __name__ == "__main__":
     spec = tiny_spec(resources={"devices": 2}, training={"epochs": 500})
@@ -186,12 +170,12 @@ def test_killing_rank_zero_takes_every_rank_with_it(tmp_path: Path, rank_marker:
         while not (tmp_path / "run" / "checkpoint.pt").exists():  # training, both ranks up
             assert rank0.poll() is None and time.monotonic() < deadline, "the job did not start"
             time.sleep(0.2)
-        assert marked_processes(rank_marker)
+        assert spawned_ranks(rank_marker)
         rank0.kill()
         rank0.wait()
         deadline = time.monotonic() + 5
-        while marked_processes(rank_marker) and time.monotonic() < deadline:
+        while spawned_ranks(rank_marker) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert marked_processes(rank_marker) == []
+        assert spawned_ranks(rank_marker) == []
     finally:
         rank0.kill()

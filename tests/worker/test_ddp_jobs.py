@@ -6,7 +6,6 @@ import signal
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from app.services.jobs import request_cancel
 from app.services.placement import placement_warnings
 from app.training.spec import JobSpec
 from tests.conftest import tiny_spec
-from tests.procs import wait_until
+from tests.procs import spawned_ranks, wait_until
 from tests.worker.test_run_job import events, in_student_stage, load, make_job
 from worker import ddp
 from worker.tasks import execute_job
@@ -30,22 +29,6 @@ def two_devices(settings: Settings, epochs: int = 3) -> tuple[Settings, dict]:
     spec = tiny_spec(resources={"devices": 2}, training={"epochs": epochs, "batch_size": 64, "lr": 0.003,
                                                          "seed": 0})
     return settings.model_copy(update={"worker_devices": 2, "torch_threads": 1}), spec
-
-
-def rank_processes(marker: str) -> list[int]:
-    """Live multiprocessing-spawn children carrying this test's environment marker."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ, command = (entry / "environ").read_bytes(), (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker.encode() in environ and b"spawn_main" in command and state != "Z":
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.fixture
@@ -65,7 +48,7 @@ def test_two_device_job_trains_with_two_ranks(settings: Settings, marker: str) -
     kinds = [e.kind for e in events(settings, job_id)]
     # each epoch once: rank 0 alone writes events
     assert kinds.count("epoch") == sum(stage["epochs"] for stage in job.results["stages"])
-    assert rank_processes(marker) == []
+    assert spawned_ranks(marker) == []
 
 
 def test_a_job_needing_more_devices_stays_queued_with_one_event(
@@ -97,7 +80,7 @@ def test_cancel_stops_every_rank_within_seconds(settings: Settings, marker: str)
     runner.join(timeout=30)
     assert outcome == ["cancelled"]
     assert time.monotonic() - asked < 10  # a heartbeat, then the step all ranks agree on
-    assert rank_processes(marker) == []
+    assert spawned_ranks(marker) == []
 
 
 def test_sigterm_hands_the_job_back_and_it_resumes(settings: Settings, marker: str) -> None:
@@ -111,7 +94,7 @@ def test_sigterm_hands_the_job_back_and_it_resumes(settings: Settings, marker: s
     threading.Thread(target=terminate, daemon=True).start()
     assert execute_job(job_id, settings=settings) == "requeued"  # on the main thread: its handler
     assert load(settings, job_id).status == "queued"
-    assert rank_processes(marker) == []
+    assert spawned_ranks(marker) == []
     assert execute_job(job_id, settings=settings) == "succeeded"
     student = [e.data["epoch"] for e in events(settings, job_id) if e.kind == "epoch" and e.data["stage"] == "student"]
     assert student.count(1) == 1 and sorted(set(student)) == list(range(1, 9))
@@ -126,15 +109,15 @@ def test_a_killed_rank_requeues_the_job_which_resumes_to_the_uninterrupted_resul
 
     def kill_rank() -> None:
         wait_until(lambda: in_student_stage(settings, job_id, epoch=2), timeout=120, what="student epoch 2")
-        for pid in rank_processes(marker):
+        for pid in spawned_ranks(marker):
             os.kill(pid, signal.SIGKILL)
 
     threading.Thread(target=kill_rank, daemon=True).start()
     assert execute_job(job_id, settings=settings) == "requeued"
-    assert rank_processes(marker) == []
+    assert spawned_ranks(marker) == []
     requeued = [e for e in events(settings, job_id) if e.kind == "requeued"]
     assert requeued and requeued[-1].data["reason"] == "rank_lost"
     assert execute_job(job_id, settings=settings) == "succeeded"
     assert load(settings, job_id).attempt == 2
     assert load(settings, job_id).results["tasks"] == load(settings, whole).results["tasks"]
-    assert rank_processes(marker) == []
+    assert spawned_ranks(marker) == []
