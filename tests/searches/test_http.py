@@ -1,6 +1,8 @@
 """Searches over real HTTP with real Celery workers: a worker killed mid-search, cancel-all, 422s."""
 
+import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,7 +21,7 @@ from tests.procs import (
 )
 from tests.searches.conftest import tiny_goal
 
-pytestmark = [pytest.mark.slow, pytest.mark.parametrize("settings", ["sqlite"], indirect=True)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200), pytest.mark.parametrize("settings", ["sqlite"], indirect=True)]
 FAST_SEARCH = {"DISTILLERY_SEARCH_POLL_SECONDS": "0.5"}
 
 
@@ -47,16 +49,25 @@ def test_a_search_survives_a_killed_worker_and_reports_its_front(settings: Setti
         wait_http(f"http://127.0.0.1:{port}/readyz")
         bad = api.post("/v1/searches", json=tiny_goal(space={"dataset.builtin": {"choices": ["digits-mt"]}}))
         assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "body.space.dataset.builtin"
-        created = api.post("/v1/searches", json=tiny_goal())
-        assert created.status_code == 201, created.text
-        search_id = created.json()["id"]
+        # `distillery search submit goal.json --wait` follows the whole search with its live table.
+        goal = tmp_path / "goal.json"
+        goal.write_text(json.dumps(tiny_goal()))
+        cli_run: dict = {}
+        waiting = threading.Thread(target=_cli_submit_wait, args=(f"http://127.0.0.1:{port}",
+                                                                  api.headers["Authorization"].split()[1], goal, cli_run))
+        waiting.start()
+        search_id = wait_until(lambda: next(iter(s["id"] for s in api.get("/v1/searches").json()["data"]), None),
+                               timeout=60, what="the CLI's search")
         # Kill one worker (its whole process group: the controller thread and the job) mid-search.
         wait_until(lambda: len(_search(api, search_id)["trials"]) >= 2, timeout=120, what="two trials")
         worker_a.signal_group(signal.SIGKILL)
         with running(worker_argv("c"), env=env, log=tmp_path / "c.log"):
             done = wait_until(lambda: (s := _search(api, search_id))["status"] in ("succeeded", "failed") and s,
-                              timeout=420, interval=1, what="the search to end")
+                              timeout=800, interval=1, what="the search to end")
         assert done["status"] == "succeeded", done
+        waiting.join(timeout=60)
+        assert cli_run["exit_code"] == 0, cli_run["output"]
+        assert f"search {search_id} succeeded: 6/6 trials ended" in cli_run["output"]
         trials = done["trials"]
         assert sorted(t["number"] for t in trials) == list(range(6))  # none lost
         assert len({t["job_id"] for t in trials}) == 6  # none run twice: one job per trial
@@ -76,6 +87,31 @@ def test_a_search_survives_a_killed_worker_and_reports_its_front(settings: Setti
         with api.stream("GET", f"/v1/searches/{search_id}/events/stream") as stream:
             body = "".join(stream.iter_text())
         assert body.count("event: trial_started") == 6 and "event: succeeded" in body
+        _cli_status(f"http://127.0.0.1:{port}", api.headers["Authorization"].split()[1], search_id, done)
+
+
+def _cli_submit_wait(url: str, key: str, goal: Path, into: dict) -> None:
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    out = CliRunner().invoke(cli, ["search", "submit", str(goal), "--wait", "--url", url, "--api-key", key],
+                             env={"COLUMNS": "250"})
+    into.update(exit_code=out.exit_code, output=out.output)
+
+
+def _cli_status(url: str, key: str, search_id: str, done: dict) -> None:
+    """`distillery search status`: the trials' table with the front starred."""
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    out = CliRunner().invoke(cli, ["search", "status", search_id, "--url", url, "--api-key", key],
+                             env={"COLUMNS": "250"})
+    assert out.exit_code == 0, out.output
+    assert f"search {search_id} succeeded: 6/6 trials ended" in out.output
+    for number in done["pareto"]:
+        assert f"{number}*" in out.output
 
 
 def test_cancel_cancels_the_running_children(settings: Settings, tmp_path: Path) -> None:
