@@ -3,7 +3,7 @@ the API's resident memory when idle (and whether torch is loaded in it).
 
     .venv/bin/python bench/api_ratio.py [--clients 50] [--seconds 20] [--rounds 3] [--backend postgres|embedded]
                                         [--rate-limit 100000/minute] [--env DISTILLERY_LOG_FORMAT=json]
-                                        [--scrape-every 15] [--api-log-level info]
+                                        [--scrape-every 15] [--api-log-level info] [--webhooks]
 
 Besides requests/s it reports each server's CPU time per request (utime + stime of the server process
 over the round / requests served): the load generator shares the cores, so req/s moves with the
@@ -25,10 +25,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app.webhooks.schemas import EventType
 from bench._stack import ROOT, child_pids, rss_mib, stack
 from bench.load_status import percentile
 from tests.conftest import tiny_spec
@@ -112,19 +114,27 @@ def main() -> None:
                         help="extra setting for the API, e.g. DISTILLERY_LOG_FORMAT=json (repeatable)")
     parser.add_argument("--scrape-every", type=float, default=0,
                         help="GET /metrics this often during the status rounds, as Prometheus would (0: never)")
+    parser.add_argument("--webhooks", action="store_true",
+                        help="register a webhook endpoint for every event type first (deliveries are the webhook "
+                             "worker's; the API writes their outbox rows with the events)")
     parser.add_argument("--api-log-level", default="warning",
                         help="uvicorn's --log-level for the API; info writes an access line per request")
     args = parser.parse_args()
     env = {"DISTILLERY_RATE_LIMIT": args.rate_limit, "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100000",
+           **({"DISTILLERY_WEBHOOK_ALLOW_PRIVATE": "true"} if args.webhooks else {}),
            **dict(item.split("=", 1) for item in args.env)}
     report: dict = {"backend": args.backend, "clients": args.clients, "seconds_per_round": args.seconds,
                     "rate_limit": args.rate_limit or "off", "env": args.env, "scrape_every": args.scrape_every,
-                    "api_log_level": args.api_log_level}
+                    "api_log_level": args.api_log_level, "webhooks": args.webhooks}
     with stack(backend=args.backend, worker=False, extra_env=env, api_log_level=args.api_log_level) as s:
         headers = {"Authorization": f"Bearer {s.key}"}
         api_pid = s.api_pid
         report["api_idle_rss_mib"] = round(rss_mib(api_pid), 1)
         report["api_has_torch_loaded"] = "torch" in Path(f"/proc/{api_pid}/maps").read_text()
+        if args.webhooks:
+            hook = httpx.post(f"{s.url}/v1/webhooks", headers=headers, timeout=30,
+                              json={"url": "http://127.0.0.1:9/hook", "event_types": list(get_args(EventType))})
+            assert hook.status_code == 201, hook.text
         job = httpx.post(f"{s.url}/v1/jobs", json=tiny_spec(), headers=headers, timeout=120).json()  # the validator may still be importing torch
         submit = []
         for i in range(200):
