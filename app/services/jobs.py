@@ -2,7 +2,7 @@
 
 import logging
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -13,6 +13,7 @@ from app.job_status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
 from app.services import validator
+from app.services.pages import newest_first
 from app.services.events import add_event
 from app.services.placement import placement_warnings
 from app.files.refs import check_file_refs
@@ -107,15 +108,8 @@ def list_jobs(*, db: Session, tenant: Tenant, status: str | None, limit: int, af
     query = select(Job).where(Job.tenant_id == tenant.id)
     if status is not None:
         query = query.where(Job.status == status)
-    if after is not None:
-        cursor = db.scalar(select(Job).where(Job.id == after, Job.tenant_id == tenant.id))
-        if cursor is None:
-            raise InvalidRequest(f"unknown cursor {after!r}",
-                                 errors=[{"field": "query.after", "message": "no such job", "type": "invalid_cursor"}])
-        query = query.where(or_(Job.created_at < cursor.created_at,
-                                and_(Job.created_at == cursor.created_at, Job.id < cursor.id)))
-    rows = list(db.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(db=db, model=Job, query=query, tenant_id=tenant.id, after=after, limit=limit,
+                        noun="job")
 
 
 def request_cancel(*, db: Session, job: Job) -> Job:

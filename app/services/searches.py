@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -13,6 +13,7 @@ from app.models import Search, SearchArtifact, SearchEvent, Tenant
 from app.search_schemas import SearchCreate
 from app.services import jobs as job_service
 from app.services import validator
+from app.services.pages import newest_first
 from app.services.searches_space import check_space
 
 
@@ -67,15 +68,8 @@ def list_searches(*, db: Session, tenant: Tenant, status: str | None, limit: int
     query = select(Search).where(Search.tenant_id == tenant.id)
     if status is not None:
         query = query.where(Search.status == status)
-    if after is not None:
-        cursor = db.scalar(select(Search).where(Search.id == after, Search.tenant_id == tenant.id))
-        if cursor is None:
-            raise InvalidRequest(f"unknown cursor {after!r}", errors=[
-                {"field": "query.after", "message": "no such search", "type": "invalid_cursor"}])
-        query = query.where(or_(Search.created_at < cursor.created_at,
-                                and_(Search.created_at == cursor.created_at, Search.id < cursor.id)))
-    rows = list(db.scalars(query.order_by(Search.created_at.desc(), Search.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    return newest_first(db=db, model=Search, query=query, tenant_id=tenant.id, after=after, limit=limit,
+                        noun="search")
 
 
 def request_cancel(*, db: Session, search: Search) -> Search:
