@@ -8,15 +8,23 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import utcnow
-from app.errors import Conflict, InvalidRequest, NotFound, QuotaExceeded, ServiceUnavailable, TooManyActiveJobs
+from app.errors import (
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+    ServiceUnavailable,
+    TooManyActiveJobs,
+)
+from app.files.refs import check_file_refs
 from app.job_status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from app.models import Artifact, File, Job, Tenant
 from app.queue import enqueue
+from app.schemas import ValidationSummary
 from app.services import validator
-from app.services.pages import newest_first
 from app.services.events import add_event
+from app.services.pages import newest_first
 from app.services.placement import placement_warnings
-from app.files.refs import check_file_refs
 from app.storage import get_store
 from app.training import JobSpec, spec_sha256
 
@@ -199,10 +207,8 @@ def _enqueue_or_503(job: Job, *, settings: Settings) -> None:
         ) from exc
 
 
-async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> "ValidationSummary":
+async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: Settings) -> ValidationSummary:
     """Check the spec's files, then dry-run it in the validator process (the same checks as a submit)."""
-    from app.schemas import ValidationSummary
-
     stored = spec.model_dump(mode="json")
     _refuse_code_teachers(spec, settings)
     _refuse_untracked_mlflow(spec, settings)
