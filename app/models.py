@@ -184,11 +184,13 @@ class Search(Base):
     """
 
     __tablename__ = "searches"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_searches_tenant_idempotency"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("srch"))
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     request: Mapped[dict[str, Any]] = mapped_column(JSONType)  # the goal as submitted, defaults filled in
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)  # a replay compares `request`
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED, index=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     # One controller step at a time: a step holds the lease; a crashed one's lease runs out.
