@@ -255,3 +255,18 @@ class SearchArtifact(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     media_type: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Worker(Base):
+    """A job worker as it last declared itself: what one of its pool processes can train on."""
+
+    __tablename__ = "workers"
+
+    host: Mapped[str] = mapped_column(String(255), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)  # the Celery node name
+    accelerator: Mapped[str] = mapped_column(String(8))  # "cpu" | "cuda"
+    devices_per_process: Mapped[int] = mapped_column(Integer)  # the most one job can get there
+    processes: Mapped[int] = mapped_column(Integer)  # pool processes: jobs at a time
+    period_seconds: Mapped[float] = mapped_column(Float)  # how often it declares itself
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

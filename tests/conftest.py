@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # one torch thread each keeps them from thrashing (a stage measured 247 s vs 12 s here).
 torch.set_num_threads(1)
 TABLES = ("webhook_attempts", "webhook_deliveries", "webhook_endpoints", "job_events", "artifacts", "jobs", "files",
-          "api_keys", "tenants")
+          "api_keys", "tenants", "workers")
 
 
 def _pg_database() -> Iterator[str]:
