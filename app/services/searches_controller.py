@@ -24,8 +24,8 @@ from app.job_status import ACTIVE_STATUSES, TERMINAL_STATUSES, JobStatus
 from app.models import Job, JobEvent, Search, SearchTrial, Tenant
 from app.search_schemas import SearchCreate
 from app.services import searches_study as study_lib
-from app.services.jobs import insert_job, request_cancel, tenant_usage
-from app.services.searches import add_search_event
+from app.services.jobs import insert_job, request_cancel
+from app.services.searches import add_search_event, quota_wait
 from app.services.searches_report import write_artifacts
 from app.services.searches_space import child_spec, suggest
 
@@ -196,20 +196,19 @@ def _cancel_children(*, db: Session, search: Search) -> None:
 
 def _start_trials(*, db: Session, search: Search, study: Any, request: SearchCreate,
                   settings: Settings) -> list[str]:
-    """Start trials up to `parallel` running and `trials` in all, within the tenant's job cap."""
+    """Start trials up to `parallel` running and `trials` in all, within the tenant's quotas."""
     import optuna
 
     tenant = db.get(Tenant, search.tenant_id)
     assert tenant is not None
-    cap = tenant.max_active_jobs or settings.max_active_jobs_per_tenant
     started: list[str] = []
     while True:
         trials = trials_of(db, search.id)
         running = sum(t.state == "running" for t in trials)
         if running >= request.parallel or len(trials) >= request.trials:
             return started
-        if tenant_usage(db=db, tenant=tenant)[0] >= cap:
-            return started  # the tenant's active-job cap: try again at the next step
+        if quota_wait(db=db, search=search, tenant=tenant, settings=settings):
+            return started  # the tenant's active-job cap or storage quota: try again at the next step
         known = {t.number for t in trials}
         orphans = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                    if t.number not in known]

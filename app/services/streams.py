@@ -1,8 +1,8 @@
-"""Live job events for SSE streams: each followed job read once per round, fanned out in-process to its streams.
+"""Live job and search events for SSE streams: each followed row read once per round, fanned out in-process.
 
 Before, every open stream polled the database twice a second through the request threadpool (and
 held a pooled connection for its whole life); 200 streams on one job left 7 of 20 status requests
-unanswered after 20 s. Now a job has one ``JobFeed`` however many streams follow it, and one poller
+unanswered after 20 s. Now a job has one ``Feed`` however many streams follow it, and one poller
 per API process reads all followed jobs every ``POLL_SECONDS``: one query for their rows (status,
 last event number), then the new events of the jobs whose number moved. Each event is rendered as
 an SSE message once and handed to every stream of its job through an in-memory queue. A job stops
@@ -15,6 +15,11 @@ PostgreSQL LISTEN/NOTIFY or Redis pub/sub would save the idle rounds, but events
 the worker and the lifecycle code through ``add_event`` (another owner), and one indexed read of the
 followed jobs per half second measured cheap on both deployments (docs/PERFORMANCE.md), and works the
 same on embedded SQLite. Feeds and the per-tenant count of open streams are per API process.
+
+A search's stream is fed the same way (``SEARCH_EVENTS``: the search row's status and event number,
+its search events): the same poller, and one count per tenant across job and search streams, so the
+cap bounds what a tenant's streams cost whatever they follow. Job and search ids carry different
+prefixes (``job_``, ``srch_``), so one dict of feeds holds both.
 """
 
 import asyncio
@@ -24,7 +29,8 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -32,8 +38,9 @@ from sqlalchemy.orm import Session
 from app.db import get_sessionmaker
 from app.errors import AppError
 from app.job_status import TERMINAL_STATUSES
-from app.models import Job, Tenant
-from app.services.events import list_events
+from app.models import Job, Search, Tenant
+from app.services import events as job_events
+from app.services import searches as search_service
 from app.services.jobs import get_job
 
 log = logging.getLogger("distillery.streams")
@@ -61,40 +68,58 @@ def sse_message(*, seq: int, kind: str, data: dict, created_at: str) -> str:
     return f"id: {seq}\nevent: {kind}\ndata: {json.dumps(event)}\n\n"
 
 
-def _rendered(db: Session, job_id: str, after: int, limit: int) -> list[tuple[int, str]]:
-    rows, _ = list_events(db=db, job_id=job_id, after=after, limit=limit)
+@dataclass(frozen=True)
+class EventSource:
+    """What a feed follows: rows with a status and a last event number (``row``), and their events."""
+
+    name: str
+    row: type[Job] | type[Search]
+    list_events: Callable[[Session, str, int, int], tuple[list[Any], bool]]  # (db, row id, after, limit)
+
+
+JOB_EVENTS = EventSource("job", Job, lambda db, row_id, after, limit: job_events.list_events(
+    db=db, job_id=row_id, after=after, limit=limit))
+SEARCH_EVENTS = EventSource("search", Search, lambda db, row_id, after, limit: search_service.list_events(
+    db=db, search_id=row_id, after=after, limit=limit))
+
+
+def _rendered(db: Session, source: EventSource, row_id: str, after: int, limit: int) -> list[tuple[int, str]]:
+    rows, _ = source.list_events(db, row_id, after, limit)
     return [(e.seq, sse_message(seq=e.seq, kind=e.kind, data=e.data, created_at=e.created_at.isoformat()))
             for e in rows]
 
 
-def read_events(*, url: str, job_id: str, after: int) -> list[tuple[int, str]]:
-    """Return up to ``BATCH`` events after ``after`` as (seq, SSE message), oldest first."""
+def read_events(*, url: str, row_id: str, after: int, source: EventSource = JOB_EVENTS) -> list[tuple[int, str]]:
+    """Return up to ``BATCH`` events of the row after ``after`` as (seq, SSE message), oldest first."""
     with get_sessionmaker(url, autocommit=True)() as db:
-        return _rendered(db, job_id, after, BATCH)
+        return _rendered(db, source, row_id, after, BATCH)
 
 
-def read_new_events(*, url: str, positions: dict[str, int]) -> dict[str, tuple[list[tuple[int, str]], int, bool]]:
-    """For each job -> last seq published, return one batch of newer events, its last seq, and whether it ended.
+def read_new_events(*, url: str, positions: dict[str, int],
+                    source: EventSource = JOB_EVENTS) -> dict[str, tuple[list[tuple[int, str]], int, bool]]:
+    """For each row (a job, or a search) -> last seq published, return one batch of newer events, its last
+    seq, and whether it ended.
 
-    One query reads every followed job's row; events are read only for jobs whose counter moved, so
-    idle jobs cost nothing more. The final event is written in the same transaction as the terminal
-    status, so a job seen ended has all its events committed. A deleted job counts as ended.
+    One query reads every followed row; events are read only for rows whose counter moved, so idle
+    ones cost nothing more. The final event is written in the same transaction as the terminal
+    status, so a row seen ended has all its events committed. A deleted row counts as ended.
     """
     out = {}
+    model = source.row
     with get_sessionmaker(url, autocommit=True)() as db:
         ids = list(positions)
         rows: dict[str, tuple[str, int]] = {}
         for i in range(0, len(ids), BATCH):  # stay far below any database's bound-parameter limit
-            query = select(Job.id, Job.status, Job.event_seq).where(Job.id.in_(ids[i:i + BATCH]))
-            rows.update({job_id: (status, seq) for job_id, status, seq in db.execute(query)})
-        for job_id, after in positions.items():
-            if job_id not in rows:
-                out[job_id] = ([], after, True)
+            query = select(model.id, model.status, model.event_seq).where(model.id.in_(ids[i:i + BATCH]))
+            rows.update({row_id: (status, seq) for row_id, status, seq in db.execute(query)})
+        for row_id, after in positions.items():
+            if row_id not in rows:
+                out[row_id] = ([], after, True)
                 continue
-            status, last_seq = rows[job_id]
-            events = _rendered(db, job_id, after, BATCH) if last_seq > after else []
+            status, last_seq = rows[row_id]
+            events = _rendered(db, source, row_id, after, BATCH) if last_seq > after else []
             newest = events[-1][0] if events else after
-            out[job_id] = (events, last_seq, status in TERMINAL_STATUSES and newest >= last_seq)
+            out[row_id] = (events, last_seq, status in TERMINAL_STATUSES and newest >= last_seq)
     return out
 
 
@@ -128,11 +153,11 @@ class Subscription:
         self.wake.set()
 
 
-class JobFeed:
-    """A followed job: what has been published so far, and the subscriptions it goes to."""
+class Feed:
+    """A followed job or search (its ``source``): what has been published so far, and the subscriptions it goes to."""
 
-    def __init__(self, *, url: str, job_id: str, after: int):
-        self.url, self.job_id = url, job_id
+    def __init__(self, *, url: str, row_id: str, after: int, source: EventSource = JOB_EVENTS):
+        self.url, self.row_id, self.source = url, row_id, source
         self.published = after  # last seq handed to the subscriptions
         self.subscriptions: set[Subscription] = set()
 
@@ -162,20 +187,26 @@ class StreamRegistry:
     def __init__(self, *, max_pending: int = MAX_PENDING) -> None:
         self.loop = asyncio.get_running_loop()
         self.max_pending = max_pending
-        self.feeds: dict[str, JobFeed] = {}
+        self.feeds: dict[str, Feed] = {}
         self.open_per_tenant: dict[str, int] = {}
         self.poller: asyncio.Task[None] | None = None
         self._new_feed = asyncio.Event()  # a new job to follow: read it now, not at the next round
 
-    def open(self, *, url: str, tenant_id: str, job_id: str, after: int, cap: int) -> "EventStream":
-        """Start following a job after event ``after``; TooManyStreams past the tenant's cap."""
+    def open(self, *, url: str, tenant_id: str, after: int, cap: int, job_id: str | None = None,
+             search_id: str | None = None) -> "EventStream":
+        """Start following a job (or a search) after event ``after``; TooManyStreams past the tenant's cap.
+
+        The cap counts the tenant's job and search streams together.
+        """
+        source, followed = (JOB_EVENTS, job_id) if search_id is None else (SEARCH_EVENTS, search_id)
+        assert followed is not None and (job_id is None) != (search_id is None), "give a job_id or a search_id"
         if self.open_per_tenant.get(tenant_id, 0) >= cap:
             raise TooManyStreams(f"this tenant already has {cap} open event streams (DISTILLERY_MAX_STREAMS_PER_TENANT); "
                                  "close one or retry later", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         self.open_per_tenant[tenant_id] = self.open_per_tenant.get(tenant_id, 0) + 1
-        feed = self.feeds.get(job_id)
-        if feed is None:  # the first stream of this job: the feed starts where that stream starts
-            feed = self.feeds[job_id] = JobFeed(url=url, job_id=job_id, after=after)
+        feed = self.feeds.get(followed)
+        if feed is None:  # the first stream of this row: the feed starts where that stream starts
+            feed = self.feeds[followed] = Feed(url=url, row_id=followed, after=after, source=source)
             self._new_feed.set()
             if self.poller is None:
                 self.poller = self.loop.create_task(self._poll(), name="event-feeds")
@@ -189,8 +220,8 @@ class StreamRegistry:
             del self.open_per_tenant[stream.tenant_id]
         feed = stream.feed
         feed.subscriptions.discard(stream.sub)
-        if not feed.subscriptions and self.feeds.get(feed.job_id) is feed:
-            del self.feeds[feed.job_id]  # its last stream left: no more reads for this job
+        if not feed.subscriptions and self.feeds.get(feed.row_id) is feed:
+            del self.feeds[feed.row_id]  # its last stream left: no more reads for this job
         if not self.feeds and self.poller is not None:
             self.poller.cancel()  # nothing left to follow (a read in flight finishes unseen)
             self.poller = None
@@ -203,9 +234,10 @@ class StreamRegistry:
                 feeds = list(self.feeds.values())
                 try:
                     reads = {}
-                    for url in {f.url for f in feeds}:
-                        positions = {f.job_id: f.published for f in feeds if f.url == url}
-                        reads[url] = await _in_reader_thread(read_new_events, url=url, positions=positions)
+                    for url, source in {(f.url, f.source) for f in feeds}:
+                        positions = {f.row_id: f.published for f in feeds if (f.url, f.source) == (url, source)}
+                        reads[url, source] = await _in_reader_thread(read_new_events, url=url, positions=positions,
+                                                                     source=source)
                     failures = 0
                 except Exception:  # the database is away: keep the streams open, try again later
                     failures += 1
@@ -214,12 +246,12 @@ class StreamRegistry:
                     continue
                 more = False
                 for feed in feeds:
-                    if self.feeds.get(feed.job_id) is not feed:
+                    if self.feeds.get(feed.row_id) is not feed:
                         continue  # its last stream closed during the read
-                    events, last_seq, ended = reads[feed.url][feed.job_id]
+                    events, last_seq, ended = reads[feed.url, feed.source][feed.row_id]
                     feed.publish(events, last_seq, ended)
                     if ended:
-                        del self.feeds[feed.job_id]
+                        del self.feeds[feed.row_id]
                     more = more or len(events) == BATCH
                 if not more:  # a full batch means more are waiting: read on at once
                     with contextlib.suppress(TimeoutError):
@@ -246,6 +278,18 @@ def _find_job(*, url: str, tenant: Tenant, job_id: str) -> None:
         get_job(db=db, tenant=tenant, job_id=job_id)
 
 
+def _find_search(*, url: str, tenant: Tenant, search_id: str) -> None:
+    with get_sessionmaker(url, autocommit=True)() as db:
+        search_service.get_search(db=db, tenant=tenant, search_id=search_id)
+
+
+async def open_search_stream(*, url: str, tenant: Tenant, search_id: str, after: int, cap: int) -> "EventStream":
+    """Open a stream on the tenant's search (NotFound for any other), TooManyStreams past ``cap``
+    (the tenant's job and search streams together); the lookup as ``open_event_stream``'s."""
+    await _in_reader_thread(_find_search, url=url, tenant=tenant, search_id=search_id)
+    return stream_registry().open(url=url, tenant_id=tenant.id, search_id=search_id, after=after, cap=cap)
+
+
 async def open_event_stream(*, url: str, tenant: Tenant, job_id: str, after: int, cap: int) -> "EventStream":
     """Open a stream on the tenant's job (NotFound for any other), TooManyStreams past ``cap``.
 
@@ -258,9 +302,9 @@ async def open_event_stream(*, url: str, tenant: Tenant, job_id: str, after: int
 
 
 class EventStream:
-    """One client's stream: the SSE text to send, in order, until the job's final event."""
+    """One client's stream: the SSE text to send, in order, until the job's (or search's) final event."""
 
-    def __init__(self, *, registry: StreamRegistry, feed: JobFeed, sub: Subscription, tenant_id: str):
+    def __init__(self, *, registry: StreamRegistry, feed: Feed, sub: Subscription, tenant_id: str):
         self.registry, self.feed, self.sub, self.tenant_id = registry, feed, sub, tenant_id
         self.closed = False
 
@@ -304,7 +348,8 @@ class EventStream:
         sub.behind = False
         target = feed.published
         while sub.sent < target:
-            batch = await _in_reader_thread(read_events, url=feed.url, job_id=feed.job_id, after=sub.sent)
+            batch = await _in_reader_thread(read_events, url=feed.url, row_id=feed.row_id, after=sub.sent,
+                                            source=feed.source)
             if not batch:
                 break
             for seq, message in batch:

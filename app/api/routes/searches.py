@@ -1,23 +1,20 @@
 """Search routes: submit a goal, list, get (trials, front, best), cancel, events (+ SSE), artifacts."""
 
-import asyncio
-import json
-from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep
+from app.api.deps import SessionDep, SettingsDep, TenantDep, release_session
 from app.api.problems import problems
 from app.api.ranges import ranged_response
-from app.db import session_scope
-from app.job_status import TERMINAL_STATUSES, JobStatus
+from app.api.routes.stream import EventStreamResponse
+from app.job_status import JobStatus
 from app.models import Search
 from app.schemas import ArtifactOut, EventList, EventOut
 from app.search_schemas import SearchCreate, SearchList, SearchOut, SearchSummaryOut
 from app.services import searches as search_service
+from app.services.streams import open_search_stream
 from app.storage import get_store
 
 router = APIRouter(prefix="/v1/searches", tags=["searches"])
@@ -30,11 +27,15 @@ def get_tenant_search(db: SessionDep, tenant: TenantDep, search_id: Annotated[st
 SearchDep = Annotated[Search, Depends(get_tenant_search)]
 
 
-@router.post("", status_code=201, response_model=SearchOut, responses=problems(401, 422, 503))
-def create_search(body: SearchCreate, db: SessionDep, tenant: TenantDep, settings: SettingsDep,
-                  response: Response) -> SearchOut:
+@router.post("", status_code=201, response_model=SearchOut, responses={
+    200: {"model": SearchOut, "description": "Replay of an earlier request with the same Idempotency-Key"},
+    **problems(401, 422, 503)})
+def create_search(body: SearchCreate, db: SessionDep, tenant: TenantDep, settings: SettingsDep, response: Response,
+                  idempotency_key: Annotated[str | None, Header(max_length=200)] = None) -> SearchOut:
     """Submit a goal: Optuna samples the space over the base spec, each trial a child job."""
-    search = search_service.submit_search(db=db, tenant=tenant, request=body, settings=settings)
+    search, created = search_service.submit_search(db=db, tenant=tenant, request=body, settings=settings,
+                                                   idempotency_key=idempotency_key)
+    response.status_code = 201 if created else 200
     response.headers["Location"] = f"/v1/searches/{search.id}"
     return SearchOut.from_search(search)
 
@@ -70,34 +71,20 @@ def list_search_events(search: SearchDep, db: SessionDep, after: Annotated[int, 
 
 @router.get("/{search_id}/events/stream", response_class=StreamingResponse, responses={
     200: {"content": {"text/event-stream": {}}, "description": "One SSE message per event: id = seq, event = kind"},
-    **problems(401, 404, 422)})
-def stream_search_events(search: SearchDep, settings: SettingsDep,
-                         after: Annotated[int, Query(ge=0)] = 0) -> StreamingResponse:
-    """Follow the search's events live (polled every second); the stream ends after the final event."""
-    url, search_id = settings.resolved_database_url, search.id
-
-    def page(seen: int) -> tuple[list[EventOut], bool]:
-        with session_scope(url) as db:
-            rows, _ = search_service.list_events(db=db, search_id=search_id, after=seen, limit=500)
-            status = db.get(Search, search_id).status  # type: ignore[union-attr]
-            return [EventOut.model_validate(e) for e in rows], status in TERMINAL_STATUSES
-
-    async def messages() -> AsyncIterator[str]:
-        seen = after
-        yield "retry: 2000\n\n"
-        while True:
-            events, ended = await run_in_threadpool(page, seen)
-            for event in events:
-                seen = event.seq
-                yield f"id: {event.seq}\nevent: {event.kind}\ndata: {json.dumps(event.model_dump(mode='json'))}\n\n"
-            if ended and not events:
-                return
-            if not events:
-                yield ": keep-alive\n\n"
-                await asyncio.sleep(1.0)
-
-    return StreamingResponse(messages(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    **problems(401, 404, 422),
+    429: {**problems(429)[429], "description": "Rate limit, or the tenant's open-stream cap, job and search streams "
+                                               "together (DISTILLERY_MAX_STREAMS_PER_TENANT); see Retry-After"}})
+async def stream_search_events(
+    tenant: TenantDep, db: SessionDep, settings: SettingsDep, search_id: Annotated[str, Path(max_length=64)],
+    after: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """Follow the search's events live (a reconnect with Last-Event-ID resumes); it ends after the final event."""
+    release_session(db)  # as the job stream: no pooled connection held for the stream's life
+    start = int(last_event_id) if last_event_id and last_event_id.isdigit() else after
+    stream = await open_search_stream(url=settings.resolved_database_url, tenant=tenant, search_id=search_id,
+                                      after=start, cap=settings.max_streams_per_tenant)
+    return EventStreamResponse(stream)
 
 
 @router.get("/{search_id}/artifacts", response_model=list[ArtifactOut], responses=problems(401, 404))
