@@ -1,7 +1,13 @@
 """The worker's Celery app: shared config from ``app.queue`` plus the tasks and the reaper."""
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
+from celery.signals import (
+    setup_logging,
+    worker_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+)
 
 from app.config import get_settings
 from app.observability import worker_metrics
@@ -66,11 +72,46 @@ PRELOADED_MODULES = (
 )
 
 
+@worker_init.connect
+def _plan_device_slots(sender: object = None, **_: object) -> None:
+    """Split a job worker's devices among its pool processes (worker/slots.py), or refuse to start
+    a GPU worker whose processes would share a GPU."""
+    if QUEUE_NAME not in sender.app.amqp.queues.consume_from:  # type: ignore[attr-defined]
+        return
+    import logging
+
+    from worker.slots import SlotError, plan_slots, set_plan
+
+    concurrency = sender.concurrency  # type: ignore[attr-defined]
+    try:
+        if not isinstance(concurrency, int):  # "auto" is sized on CPUs, not GPUs
+            raise SlotError(f"worker concurrency {concurrency!r}: give -c N (pool processes) so that "
+                            "each gets its own devices")
+        plan = plan_slots(get_settings(), concurrency)
+    except SlotError as exc:
+        logging.getLogger("distillery.worker").critical("refusing to start: %s", exc)
+        raise SystemExit(f"distillery worker refuses to start: {exc}") from None
+    set_plan(plan, node=sender.hostname)  # type: ignore[attr-defined]
+
+
+@worker_process_init.connect
+def _enter_device_slot(**_: object) -> None:
+    """In each new pool process, before any CUDA use: take the slot of its pool index."""
+    from billiard.process import current_process
+
+    from worker.slots import enter_slot
+
+    enter_slot(getattr(current_process(), "index", 0))
+
+
 @worker_ready.connect
 def _start_reaper(**_: object) -> None:
     from worker.reaper import start_reaper_thread
+    from worker.slots import declare_devices
 
-    start_reaper_thread(get_settings())
+    settings = get_settings()
+    # The sweep also declares this worker's devices (the API's dry run reads them), at once first.
+    start_reaper_thread(settings, each_sweep=lambda: declare_devices(settings))
 
 
 @worker_ready.connect

@@ -3,6 +3,7 @@
 import logging
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from functools import lru_cache
 
@@ -55,17 +56,25 @@ def reap_once(settings: Settings) -> list[str]:
     return requeued + waiting
 
 
-def start_reaper_thread(settings: Settings) -> threading.Thread:
-    """Sweep every ``reap_interval_seconds`` in a daemon thread of the worker's main process."""
+def start_reaper_thread(settings: Settings, *, each_sweep: Callable[[], None] | None = None) -> threading.Thread:
+    """Sweep every ``reap_interval_seconds`` in a daemon thread of the worker's main process;
+    ``each_sweep`` runs at the start and then before every sweep, under the same fork guard."""
+
+    def guarded(step: Callable[[], object], what: str) -> None:
+        try:
+            with _SWEEPING:
+                step()
+        except Exception:  # a database or broker hiccup must not kill the sweeper
+            log.exception("%s failed; retrying next interval", what)
 
     def loop() -> None:
         stop = threading.Event()
+        if each_sweep is not None:
+            guarded(each_sweep, "worker declaration")
         while not stop.wait(settings.reap_interval_seconds):
-            try:
-                with _SWEEPING:
-                    reap_once(settings)
-            except Exception:  # a database or broker hiccup must not kill the sweeper
-                log.exception("reaper sweep failed; retrying next interval")
+            if each_sweep is not None:
+                guarded(each_sweep, "worker declaration")
+            guarded(lambda: reap_once(settings), "reaper sweep")
 
     thread = threading.Thread(target=loop, name="distillery-reaper", daemon=True)
     thread.start()

@@ -23,7 +23,8 @@ from app.services.events import add_event
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
 from app.training import TrainCallbacks
 from worker.celery_app import celery_app
-from worker.ddp import defer_if_too_big
+from worker.ddp import defer_if_too_big, job_placement
+from worker.slots import record_placement
 
 log = logging.getLogger("distillery.worker")
 T = TypeVar("T")
@@ -164,8 +165,9 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
         return "deferred"
     if defer_if_too_big(job_id, settings=settings):  # resources.devices: left to a bigger worker
         return "deferred"
+    placement = job_placement(settings)  # its pool slot's GPUs: recorded, so sharing would show
     with session_scope(db_url) as db:
-        job = claim_job(db=db, job_id=job_id, owner=owner)
+        job = claim_job(db=db, job_id=job_id, owner=owner, placement=placement)
     if job is None:
         log.info("job %s is not claimable (taken, finished or cancelled); skipping this message", job_id)
         return "skipped"
@@ -195,6 +197,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                                allow_torchscript=settings.allow_torchscript,
                                checkpoint_interval=settings.checkpoint_interval_seconds,
                                reuse_teacher_weights=True)  # a search's trials train their teachers once
+        record_placement(result.results, result.artifacts, placement)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)
         worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)

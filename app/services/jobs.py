@@ -215,4 +215,4 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
     check_file_refs(db=db, tenant=tenant, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary,
-                             warnings=placement_warnings(spec, settings))
+                             warnings=placement_warnings(spec, settings, db=db))

@@ -16,8 +16,10 @@ from app.storage import StoredObject
 _NO_SYNC = {"synchronize_session": False}
 
 
-def claim_job(*, db: Session, job_id: str, owner: str) -> Job | None:
-    """Take a queued job with one conditional UPDATE; None when another worker has it (or it ended)."""
+def claim_job(*, db: Session, job_id: str, owner: str, placement: dict[str, Any] | None = None) -> Job | None:
+    """Take a queued job with one conditional UPDATE; None when another worker has it (or it ended).
+
+    `placement` (the worker's device slot) joins the `started` event."""
     now = utcnow()
     claimed = db.execute(
         update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.cancel_requested.is_(False))
@@ -30,7 +32,8 @@ def claim_job(*, db: Session, job_id: str, owner: str) -> Job | None:
         return None
     job = db.get(Job, job_id, populate_existing=True)
     assert job is not None
-    add_event(db=db, job_id=job_id, kind="started", data={"attempt": job.attempt, "worker": owner})
+    add_event(db=db, job_id=job_id, kind="started", data={"attempt": job.attempt, "worker": owner,
+                                                           **({"placement": placement} if placement else {})})
     db.commit()
     return job
 

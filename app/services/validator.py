@@ -18,6 +18,7 @@ from typing import Any
 from app.config import Settings
 from app.errors import InvalidRequest, ServiceUnavailable
 from app.files.refs import file_resolver
+from app.services.placement import dry_run_accelerator
 from app.training.files import FileResolver
 
 log = logging.getLogger("distillery.validator")
@@ -87,15 +88,14 @@ def shutdown() -> None:
 
 def _submit(spec_json: dict[str, Any], *, tenant_id: str, settings: Settings) -> tuple[ProcessPoolExecutor, Future]:
     resolver = file_resolver(settings=settings, tenant_id=tenant_id, spec=spec_json)
+    accelerator = dry_run_accelerator(spec_json, settings=settings)  # what the live workers declared
     pool = _get_pool(settings)
     try:
-        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript,
-                                 settings.worker_accelerator)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript, accelerator)
     except BrokenProcessPool:  # died since the last call: start a fresh one once
         _discard_pool(pool, kill=False)
         pool = _get_pool(settings)
-        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript,
-                                 settings.worker_accelerator)
+        return pool, pool.submit(_child_dry_run, spec_json, resolver, settings.allow_torchscript, accelerator)
 
 
 def _outcome(result: tuple[str, Any]) -> dict[str, Any]:
