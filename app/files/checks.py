@@ -99,6 +99,22 @@ def _check_csv(path: Path) -> dict[str, Any]:
     return {"format": "csv", "columns": header, "rows": rows}
 
 
+def _check_parquet(path: Path) -> dict[str, Any]:
+    """Columns, types, rows and row groups from the footer, never the rows (the dry run reads those)."""
+    from app.training import TrainingError
+    from app.training.datasets.parquet_parts import parquet_summary
+
+    try:
+        summary = parquet_summary(path)
+    except TrainingError as exc:
+        raise BadUpload(exc.message) from exc
+    except Exception as exc:  # any parse failure of an untrusted footer is the file's fault
+        raise BadUpload(f"not a readable Parquet file: {type(exc).__name__}: {exc}") from exc
+    if summary["rows"] < 1:
+        raise BadUpload("the Parquet file has no rows")
+    return {"format": "parquet", **summary}
+
+
 def _is_image_zip(path: Path, filename: str) -> bool:
     """A dataset zip is an images archive when it is named .zip or holds a .csv (an .npz holds only .npy)."""
     if filename.endswith(".zip"):
@@ -205,9 +221,11 @@ def check_content(*, path: Path, purpose: str, filename: str) -> dict[str, Any]:
             if purpose == "dataset" and _is_image_zip(path, lower):
                 return _check_image_zip(path)
             return _check_npz(path, purpose=purpose)
+        if purpose == "dataset" and head[:4] == b"PAR1":
+            return _check_parquet(path)
         if purpose != "teacher_outputs" and lower.endswith(".csv"):
             return _check_csv(path)
-        kinds = {"dataset": ", a .csv file or a .zip of images", "transfer_set": " or a .csv file"}
+        kinds = {"dataset": ", a .csv file, a .parquet file or a .zip of images", "transfer_set": " or a .csv file"}
         raise BadUpload(f"a {purpose} must be an .npz archive" + kinds.get(purpose, ""))
     if purpose == "teacher_weights":
         return _check_safetensors(path)

@@ -1,7 +1,9 @@
 """File references inside a job spec: only the tenant's uploads, of the right purpose, are allowed.
 
-A spec names files as `"file": "<id>"` under a teacher source or the transfer set. Over HTTP a
-reference must be an uploaded file's id (never a path on the server); the worker and the validator
+A spec names files as `"file": "<id>"` under a teacher source, the transfer set or the dataset, and
+as `"files": ["<id>", ...]` under the dataset (several Parquet files read as one table: each must
+be a Parquet upload, all with the same columns and types). Over HTTP a reference must be an
+uploaded file's id (never a path on the server); the worker and the validator
 turn ids into paths through `file_resolver`: the API's files folder (`TenantFileResolver`), or, with
 an object store, this host's verified copies (`app.files.objects`).
 """
@@ -24,6 +26,7 @@ from app.files.objects import (
 )
 from app.models import File, Tenant
 from app.training import TrainingError
+from app.training.datasets.parquet_parts import SCHEMA_MISMATCH, schema_difference
 from app.training.files import FileResolver
 from app.training.hf_config import BUILTIN_BACKBONES
 
@@ -39,9 +42,12 @@ def file_refs(spec: dict[str, Any], path: str = "body") -> list[tuple[str, str, 
     if isinstance(spec, dict):
         for key, value in spec.items():
             here = f"{path}.{key}"
+            parent = path.rsplit(".", 1)[-1].split("[")[0]
             if key == "file" and isinstance(value, str):
-                parent = path.rsplit(".", 1)[-1].split("[")[0]
                 found.append((here, value, PURPOSE_BY_PARENT.get(parent, "")))
+            elif key == "files" and parent == "dataset" and isinstance(value, list):
+                found.extend((f"{here}[{index}]", ref, "dataset") for index, ref in enumerate(value)
+                             if isinstance(ref, str))
             elif key == "backbone" and isinstance(value, str) and value not in BUILTIN_BACKBONES:
                 found.append((here, value, "teacher_hf"))  # a transformer's pretrained encoder: an uploaded zip
             else:
@@ -55,6 +61,7 @@ def file_refs(spec: dict[str, Any], path: str = "body") -> list[tuple[str, str, 
 def check_file_refs(*, db: Session, tenant: Tenant, spec: dict[str, Any]) -> None:
     """Raise 422 naming each field whose file is not one of the tenant's uploads of the right purpose."""
     errors = []
+    parts: list[tuple[str, File]] = []  # dataset.files: (field, upload), checked together below
     for field, ref, purpose in file_refs(spec):
         row = db.scalar(select(File).where(File.id == ref, File.tenant_id == tenant.id))
         if row is None:
@@ -63,8 +70,30 @@ def check_file_refs(*, db: Session, tenant: Tenant, spec: dict[str, Any]) -> Non
         elif purpose and row.purpose != purpose:
             errors.append({"field": field, "type": "wrong_purpose",
                            "message": f"file {ref} was uploaded as {row.purpose!r}; this field needs {purpose!r}"})
+        elif field.startswith("body.dataset.files["):
+            parts.append((field, row))
+    errors.extend(_parquet_part_errors(parts))
     if errors:
         raise InvalidRequest("; ".join(f"{e['field']}: {e['message']}" for e in errors), errors=errors)
+
+
+def _parquet_part_errors(parts: list[tuple[str, File]]) -> list[dict[str, str]]:
+    """Each of dataset.files must be a Parquet upload with the first one's columns and types."""
+    errors, first = [], None
+    for field, row in parts:
+        meta = row.meta or {}
+        if meta.get("format") != "parquet":
+            errors.append({"field": field, "type": "not_parquet", "message": (
+                f"file {row.id} ({row.filename}) is {meta.get('format') or 'of an unknown format'}, not Parquet; "
+                "dataset.files reads Parquet files only (one npz, csv or images upload goes in dataset.file)")})
+        elif first is None:
+            first = (field, meta["columns"])
+        else:
+            difference = schema_difference(first[1], meta["columns"])
+            if difference:
+                errors.append({"field": field, "type": SCHEMA_MISMATCH, "message": (
+                    f"file {row.id} ({row.filename}) {difference} (against {first[0]})")})
+    return errors
 
 
 class TenantFileResolver:

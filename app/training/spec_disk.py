@@ -1,7 +1,8 @@
 """What a job whose rows stay on disk (`training.data_placement: "disk"`) may ask for.
 
-The rows of an uploaded Parquet or NPZ file are read chunk by chunk (datasets/streamed.py); the
-parts of a job that need every row in memory at once are refused here, naming the field at fault.
+The rows of an uploaded Parquet or NPZ file, or of several Parquet files (`dataset.files`), are
+read chunk by chunk (datasets/streamed.py); the parts of a job that need every row in memory at
+once are refused here, naming the field at fault.
 """
 
 from collections.abc import Callable
@@ -16,10 +17,10 @@ def check_disk_placement(spec: Any, error: Error) -> None:
     if spec.training.data_placement != "disk":
         return
     dataset = spec.dataset
-    if dataset.file is None or dataset.format not in DISK_FORMATS:
+    if dataset.builtin is not None or dataset.format not in DISK_FORMATS:
         raise error("disk_needs_file", (
-            "training.data_placement: 'disk' reads an uploaded parquet or npz file in chunks; "
-            f"this dataset is {'built-in' if dataset.file is None else dataset.format!r} "
+            "training.data_placement: 'disk' reads uploaded parquet files or an npz file in chunks; "
+            f"this dataset is {'built-in' if dataset.builtin is not None else dataset.format!r} "
             "(use 'auto', 'device' or 'stream')"))
     if getattr(dataset, "text", None) is not None:
         raise error("disk_text", "training.data_placement: 'disk' reads numeric and categorical "

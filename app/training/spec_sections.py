@@ -15,6 +15,8 @@ from app.training.catalog import (ARCHITECTURES, KINDS_WITH_CLASSES, PRESET_TERM
                                   DatasetFormat, DeviceName, Encoding, PlacementName, PrecisionName,
                                   ScheduleName, SelectionName, StrategyName, TaskKind, TermName, WeightingMethod)
 from app.training.datasets.catalog import BUILTIN_DATASETS
+from app.training.spec_files import check_dataset_files
+from app.training.spec_text import check_text_dataset, check_transformer_arch
 
 # Names end up in file names, ONNX output names and CSV headers: keep them plain.
 Name = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")]
@@ -39,7 +41,8 @@ def _unset(value: Any) -> bool:
 
 
 class DatasetSpec(_Strict):
-    """Where the rows come from: a built-in dataset, or an uploaded file (NPZ, CSV, Parquet or images).
+    """Where the rows come from: a built-in dataset, an uploaded file (NPZ, CSV, Parquet or images)
+    or several uploaded Parquet files read as one table (`files`, spec_files.py).
 
     Files: NPZ holds `x` and `y_<task>` arrays (optional `split`); a table maps each task to a
     column (`targets`, default: the column named after the task; multilabel: a list of columns),
@@ -54,6 +57,7 @@ class DatasetSpec(_Strict):
     # Only the fields given are stored (a built-in spec keeps its original form and sha256).
     builtin: str | None = Field(default=None, exclude_if=_unset)
     file: FileRef | None = Field(default=None, exclude_if=_unset)
+    files: list[FileRef] | None = Field(default=None, exclude_if=_unset, min_length=1, max_length=256)
     format: DatasetFormat | None = Field(default=None, exclude_if=_unset)
     targets: dict[str, str | list[str]] | None = Field(default=None, exclude_if=_unset)
     features: list[str] | None = Field(default=None, exclude_if=_unset, min_length=1)
@@ -88,8 +92,9 @@ class DatasetSpec(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> "DatasetSpec":
-        if (self.builtin is None) == (self.file is None):
-            raise _error("dataset_source", "dataset: give exactly one of 'builtin' or 'file'")
+        if [self.builtin, self.file, self.files].count(None) != 2:
+            raise _error("dataset_source", "dataset: give exactly one of 'builtin', 'file' or 'files'")
+        check_dataset_files(self, _error)  # before the format checks: it writes back 'parquet'
         if self.file is not None and self.format is None:
             raise _error("dataset_format", "dataset.format: say how to read the file: "
                                            f"{', '.join(get_args(DatasetFormat))}")
@@ -116,8 +121,6 @@ class DatasetSpec(_Strict):
                 if stray:
                     raise _error("dataset_categorical", (
                         f"dataset.categorical: {stray} are not among dataset.features"))
-        from app.training.spec_text import check_text_dataset
-
         check_text_dataset(self, _error)
         image_only = [f for f in ("image_size", "channels") if getattr(self, f) is not None]
         if image_only and self.format != "images":
@@ -224,8 +227,6 @@ class ArchSpec(_Strict):
             raise _error("blocks_per_stage", f"blocks: one entry per stage, as many as channels "
                          f"({len(self.channels)}), got {len(self.blocks)}")
         if self.type == "transformer":
-            from app.training.spec_text import check_transformer_arch
-
             check_transformer_arch(self, _error)
         return self
 
@@ -376,7 +377,6 @@ class TrainingSpec(_Strict):
         if self.warmup_steps and self.schedule != "cosine":
             raise _error("unexpected_warmup", "training.warmup_steps: only used by schedule 'cosine'")
         return self
-
 
 
 class MlflowTrackingSpec(_Strict):

@@ -50,7 +50,7 @@ def check_text_dataset(dataset: Any, error: Error) -> None:
         dataset.max_length = dataset.max_length or 128
         if dataset.builtin is not None and dataset.text is None:
             dataset.text = list(BUILTIN_DATASETS[dataset.builtin]["text"])
-        if dataset.file is not None and dataset.encoding is not None:
+        if (dataset.file is not None or dataset.files is not None) and dataset.encoding is not None:
             dataset.encoding = None  # no table features: nothing is encoded
 
 

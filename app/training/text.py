@@ -120,17 +120,16 @@ def join_columns(texts: dict[str, list[str]], columns: list[str]) -> list[str]:
 
 def read_text_table(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: FileResolver) -> RawTextSplits:
     """Read an uploaded CSV/Parquet's text and target columns (labels as uploaded.py encodes them)."""
-    import pandas as pd
-
     from app.training.datasets.uploaded import (
         TEST,
         VALIDATION,
         _labels,
         _split_roles,
+        read_table,
     )
+    from app.training.spec_files import dataset_files
 
-    path = resolver.resolve(spec.file)
-    frame = pd.read_csv(path) if spec.format == "csv" else pd.read_parquet(path)
+    frame = read_table([resolver.resolve(ref) for ref in dataset_files(spec)], spec.format or "")
     columns = list(spec.text or [])
     targets = {t.name: (spec.targets or {}).get(t.name, t.name) for t in tasks}
     missing = [c for c in columns + [c for v in targets.values() for c in ([v] if isinstance(v, str) else v)]

@@ -12,6 +12,7 @@ from app.training.datasets.splits import DatasetSplits
 from app.training.errors import TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.spec import DatasetSpec, TaskSpec
+from app.training.spec_files import dataset_files
 
 # Modules that register a loader (and maybe a transfer generator) when imported; each keeps its
 # heavy imports (scikit-learn, pandas, mnist1d, ...) inside functions so importing stays cheap.
@@ -92,7 +93,7 @@ def load_builtin(name: str, *, encoding: str | None = None) -> DatasetSplits:
 def load_dataset(spec: DatasetSpec, *, tasks: list[TaskSpec],
                  resolver: FileResolver | None = None) -> DatasetSplits:
     """Load a dataset (built-in, or an uploaded file through `resolver`) with the spec's tasks only."""
-    if spec.file is not None:
+    if spec.builtin is None:
         return _load_file(spec, tasks=tasks, resolver=resolver)
     splits = load_builtin(spec.builtin, encoding=spec.encoding)
     names = [task.name for task in tasks]
@@ -111,7 +112,8 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
 
     if resolver is None:
         resolver = LocalFileResolver()
-    path = resolver.resolve(spec.file)
+    paths = [resolver.resolve(ref) for ref in dataset_files(spec)]  # dataset.files: Parquet only
+    path = paths[0]
     try:
         if spec.format == "npz":
             return load_npz_dataset(path, tasks=tasks)
@@ -119,7 +121,7 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
             return load_images_dataset(path, tasks=tasks, image_size=tuple(spec.image_size),
                                        channels=spec.channels)
         targets = {task.name: (spec.targets or {}).get(task.name, task.name) for task in tasks}
-        return load_table_dataset(path, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
+        return load_table_dataset(paths, fmt=spec.format, tasks=tasks, targets=targets, features=spec.features,
                                   split_column=spec.split_column, standardize=spec.standardize is not False,
                                   encoding=spec.encoding or "embedding", hash_buckets=spec.hash_buckets,
                                   categorical=spec.categorical)
@@ -127,7 +129,8 @@ def _load_file(spec: DatasetSpec, *, tasks: list[TaskSpec],
         raise
     except Exception as exc:  # pandas/numpy parse errors: say what the file is, not where it broke
         raise TrainingError(code="invalid_data", message=(
-            f"dataset file {spec.file} could not be read as {spec.format}: {type(exc).__name__}: "
+            f"dataset file {', '.join(dataset_files(spec))} could not be read as {spec.format}: "
+            f"{type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}")) from exc
 
 

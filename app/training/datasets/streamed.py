@@ -27,6 +27,7 @@ from app.training.datasets.streamed_tables import write_npz_stores, write_table_
 from app.training.errors import TrainingError
 from app.training.files import FileResolver, LocalFileResolver
 from app.training.spec import DatasetSpec, TaskSpec
+from app.training.spec_files import dataset_files
 
 STORE_VERSION = "streamed-v1"  # bump when a store's content for the same inputs changes
 
@@ -74,15 +75,16 @@ def load_disk_data(spec: DatasetSpec, *, tasks: list[TaskSpec], seed: int,
     """Load an uploaded Parquet or NPZ dataset onto disk as row stores (data_placement "disk");
     validation and test targets go to `device`, and their inputs are read onto it chunk by chunk."""
     resolver = resolver or LocalFileResolver()
-    assert spec.file is not None, "the spec refuses 'disk' without an uploaded file"
-    paths = [resolver.resolve(spec.file)]  # load_streamed reads several files as one table too
+    assert spec.builtin is None, "the spec refuses 'disk' without an uploaded file"
+    paths = [resolver.resolve(ref) for ref in dataset_files(spec)]  # dataset.files: one table
     try:
         data = load_streamed(spec, tasks=tasks, paths=paths, seed=seed, directory=directory)
     except TrainingError:
         raise
     except Exception as exc:  # pyarrow/zip parse errors: say what the file is, not where it broke
         raise TrainingError(code="invalid_data", message=(
-            f"dataset file {spec.file} could not be read as {spec.format}: {type(exc).__name__}: "
+            f"dataset file {', '.join(dataset_files(spec))} could not be read as {spec.format}: "
+            f"{type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}")) from exc
     assert data.x_val is not None and data.y_val is not None
     return dataclasses.replace(

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from app.training.datasets.parquet_parts import check_same_schema
 from app.training.datasets.rowstore import RowWriter
 from app.training.datasets.uploaded import (ROLE_NAMES, SPLIT_SEED, TEST, TEST_FRACTION, TRAIN,
                                             VALIDATION)
@@ -127,6 +128,8 @@ class Sources:
 
     def __init__(self, paths: list[Path], fmt: str) -> None:
         self.paths, self.fmt = paths, fmt
+        if fmt == "parquet" and len(paths) > 1:
+            check_same_schema(paths)  # pyarrow.dataset would read the first file's schema into nulls
 
     def names(self) -> list[str]:
         if self.fmt == "parquet":

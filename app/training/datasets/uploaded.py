@@ -153,17 +153,28 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
     return _finish(x, targets, _split_roles(len(x), arrays.get("split"), strat), notes)
 
 
-def load_table_dataset(path: Path, *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
+def read_table(path: Path | list[Path], fmt: str) -> Any:
+    """Return a CSV file, or one or several Parquet files as one table (parquet_parts.py), as a DataFrame."""
+    import pandas as pd
+
+    from app.training.datasets.parquet_parts import read_parquet_parts
+
+    paths = path if isinstance(path, list) else [path]
+    return read_parquet_parts(paths) if fmt == "parquet" else pd.read_csv(paths[0])
+
+
+def load_table_dataset(path: Path | list[Path], *, fmt: str, tasks: list[TaskSpec], targets: dict[str, Any],
                        features: list[str] | None, split_column: str | None,
                        standardize: bool = True, encoding: str = "onehot",
                        hash_buckets: int | None = None,
                        categorical: list[str] | None = None) -> DatasetSplits:
-    """A CSV or Parquet table: `targets` maps each task to a column (multilabel: a list of columns);
-    `encoding` "embedding" or "onehot" says how categorical columns are read (module rules);
-    `categorical` names numeric columns to read as categories too (integer codes)."""
+    """A CSV or Parquet table (several Parquet files: one table, in order): `targets` maps each task
+    to a column (multilabel: a list of columns); `encoding` "embedding" or "onehot" says how
+    categorical columns are read (module rules); `categorical` names numeric columns to read as
+    categories too (integer codes)."""
     import pandas as pd
 
-    frame = pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+    frame = read_table(path, fmt)
     notes: list[str] = []
     target_columns = {t.name: ([targets[t.name]] if isinstance(targets[t.name], str) else list(targets[t.name]))
                       for t in tasks}
