@@ -227,6 +227,9 @@ class SearchTrial(Base):
     values: Mapped[list[float] | None] = mapped_column(JSONType, nullable=True)  # objective values
     measures: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # retention, params, latency
     test: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)  # front only, at the end
+    # A front trial's finalise job (test evaluation and exports of the light trial's student)
+    final_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), nullable=True,
+                                                     unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 

@@ -102,6 +102,8 @@ class TrialOut(BaseModel):
     measures: dict[str, Any] | None = Field(description="validation retention per task and its mean/min, params, "
                                                         "latency_us, feasible")
     test: dict[str, Any] | None = Field(description="test retention per task: front trials only, at the end")
+    final_job_id: str | None = Field(default=None, description="front trials of a light search: the job that "
+                                     "evaluated the student on test and exported it (download it there)")
 
 
 class SearchOut(BaseModel):

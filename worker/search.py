@@ -86,7 +86,8 @@ def sweep_searches(settings: Settings) -> None:
 def advance_parent_search(job_id: str, *, settings: Settings) -> None:
     """After a job ends: step its search at once when it is a search's trial."""
     with _sessions(settings.resolved_database_url, os.getpid())() as db:
-        search_id = db.scalar(select(SearchTrial.search_id).where(SearchTrial.job_id == job_id))
+        search_id = db.scalar(select(SearchTrial.search_id).where(  # a trial's job, or a front trial's finalise job
+            (SearchTrial.job_id == job_id) | (SearchTrial.final_job_id == job_id)))
     if search_id is not None:
         advance_search(search_id, settings=settings)
 

@@ -21,6 +21,7 @@ from app.queue import RUN_JOB_TASK, enqueue
 from app.services.artifacts import store_outputs
 from app.services.events import add_event
 from app.services.lifecycle import claim_job, finish_job, heartbeat, record_progress, release_job
+from app.services.trial_state import fetch_trial_state
 from app.training import TrainCallbacks
 from worker.celery_app import celery_app
 from worker.ddp import defer_if_too_big, job_placement
@@ -189,6 +190,7 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
     try:
         spec = JobSpec.model_validate(job.spec)
         database = DatabaseCallbacks(settings=settings, job_id=job_id, owner=owner, state=state)
+        trial_state = fetch_trial_state(settings=settings, tenant_id=job.tenant_id, spec=job.spec, workdir=workdir)
         with tracked(spec, database, tracking_uri=settings.mlflow_tracking_uri, workdir=workdir,
                      default_experiment=settings.mlflow_experiment, job_id=job_id) as callbacks:
             result = train_job(spec, workdir, callbacks=callbacks, job_id=job_id,
@@ -196,7 +198,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                                resolver=file_resolver(settings=settings, tenant_id=job.tenant_id, spec=job.spec),
                                allow_torchscript=settings.allow_torchscript,
                                checkpoint_interval=settings.checkpoint_interval_seconds,
-                               reuse_teacher_weights=True)  # a search's trials train their teachers once
+                               reuse_teacher_weights=True,  # a search's trials train their teachers once
+                               trial_state=trial_state)  # a finalise job: its light trial's student
         record_placement(result.results, result.artifacts, placement)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)

@@ -8,6 +8,12 @@ step that died between Optuna's ask and the trial row adopts that asked trial in
 another: no trial is lost or run twice. Optuna is told an outcome before the trial row records
 it; telling a finished trial again is skipped. Optuna writes through its own connection, so a
 step never calls it with a write of its own uncommitted (SQLite would lock it out).
+
+Trials are light jobs (validation measures only, spec.trial). When every trial has ended, each
+trial on the front gets one finalise job (Idempotency-Key: the search id, "final" and the number;
+the trial row links it), which loads the light job's student, evaluates it on test once and
+exports it; the search finishes when those jobs have ended, with their test retention. A step
+that died after storing a finalise job gets the same job back from its key, so none runs twice.
 """
 
 import logging
@@ -28,6 +34,7 @@ from app.services.jobs import insert_job, request_cancel
 from app.services.searches import add_search_event, quota_wait
 from app.services.searches_report import write_artifacts
 from app.services.searches_space import child_spec, suggest
+from app.training import JobSpec
 
 log = logging.getLogger("distillery.searches")
 LEASE = timedelta(seconds=120)
@@ -86,8 +93,57 @@ def step_search(*, db: Session, settings: Settings, search_id: str) -> list[str]
                                                                    request=request, settings=settings)
     trials = trials_of(db, search.id)
     if not any(t.state == "running" for t in trials) and (search.cancel_requested or len(trials) >= request.trials):
-        _finish(db=db, search=search, request=request, settings=settings)
+        front, _ = _front(trials, request)
+        pending, finals = _finalise_front(db=db, search=search, trials=trials, front=front, settings=settings)
+        to_enqueue += finals
+        if not pending:
+            _finish(db=db, search=search, request=request, settings=settings)
     return to_enqueue
+
+
+def _front(trials: list[SearchTrial], request: SearchCreate) -> tuple[list[int], int | None]:
+    """The front of the feasible trials and the best one (the main objective, then the lowest number)."""
+    feasible = {t.number: t.values for t in trials if t.state == "complete" and t.values}
+    front = study_lib.pareto_front(feasible, [o.direction for o in request.goal.objectives])
+    if not front:
+        return front, None
+    sign = 1.0 if request.goal.objectives[0].direction == "maximize" else -1.0
+    return front, max(front, key=lambda n: (sign * feasible[n][0], -n))
+
+
+def _finalise_front(*, db: Session, search: Search, trials: list[SearchTrial],
+                    front: list[int], settings: Settings) -> tuple[bool, list[str]]:
+    """Start one finalise job per light front trial; return (some finalise job still active, ids to enqueue).
+
+    A cancelled search starts none and cancels those that run.
+    """
+    tenant = db.get(Tenant, search.tenant_id)
+    assert tenant is not None
+    pending, started = False, []
+    for trial in (t for t in trials if t.number in front and t.job_id):
+        if trial.final_job_id is not None:
+            final = db.get(Job, trial.final_job_id, populate_existing=True)
+            if final is not None and final.status not in TERMINAL_STATUSES:
+                pending = True
+                if search.cancel_requested and not final.cancel_requested:
+                    request_cancel(db=db, job=final)
+            continue
+        job = db.get(Job, trial.job_id)
+        if search.cancel_requested or job is None or (job.results or {}).get("trial") != "light":
+            continue  # nothing to finalise: a full trial job already has its test numbers
+        if quota_wait(db=db, search=search, tenant=tenant, settings=settings):
+            pending = True  # the tenant's active-job cap or storage quota: try again at the next step
+            continue
+        spec = JobSpec.model_validate({**job.spec, "trial": {"mode": "finalise", "from_job": job.id}})
+        final, _ = insert_job(db=db, tenant=tenant, spec=spec, idempotency_key=f"{search.id}:final:{trial.number}")
+        trial.final_job_id = final.id
+        add_search_event(db=db, search_id=search.id, kind="trial_finalising",
+                         data={"number": trial.number, "job_id": trial.job_id, "final_job_id": final.id})
+        db.commit()
+        pending = pending or final.status not in TERMINAL_STATUSES
+        if final.status == JobStatus.QUEUED:  # also a job a step that died had stored: a second message is skipped
+            started.append(final.id)
+    return pending, started
 
 
 def _follow_trial(*, db: Session, search: Search, trial: SearchTrial, study: Any, request: SearchCreate) -> None:
@@ -237,19 +293,13 @@ def _start_trials(*, db: Session, search: Search, study: Any, request: SearchCre
 
 def _finish(*, db: Session, search: Search, request: SearchCreate, settings: Settings) -> None:
     """Compute the front and the best trial, test retention for the front only, write the artifacts."""
-    directions = [o.direction for o in request.goal.objectives]
     trials = trials_of(db, search.id)
-    feasible = {t.number: t.values for t in trials if t.state == "complete" and t.values}
-    front = study_lib.pareto_front(feasible, directions)
-    best = None
-    if front:
-        main = request.goal.objectives[0]
-        sign = 1.0 if main.direction == "maximize" else -1.0
-        best = max(front, key=lambda n: (sign * feasible[n][0], -n))
-    jobs = {t.number: db.get(Job, t.job_id) for t in trials if t.number in front and t.job_id}
-    for trial in trials:
-        job = jobs.get(trial.number)
-        trial.test = study_lib.test_retention(job.results) if job is not None and job.results else None
+    front, best = _front(trials, request)
+    for trial in trials:  # a light trial's test numbers are its finalise job's
+        final_id = trial.final_job_id or (trial.job_id if trial.number in front else None)
+        job = db.get(Job, final_id) if final_id else None
+        tested = job is not None and job.status == JobStatus.SUCCEEDED and job.results and "trial" not in job.results
+        trial.test = study_lib.test_retention(job.results) if tested else None
     search.summary = {"pareto": front, "best": best}
     if search.cancel_requested:
         status, code, message = JobStatus.CANCELLED, None, None

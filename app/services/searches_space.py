@@ -115,5 +115,13 @@ def child_spec(request: SearchCreate, *, search_id: str, number: int, params: di
     """The trial's job spec: the base with the sampled values and the child overrides."""
     spec = apply_params(request.base.model_dump(mode="json"), params)
     spec.update(CHILD_OVERRIDES)
+    # A light trial: validation measures only; the front's trials are finalised when the search ends.
+    spec["trial"] = {"mode": "light", "latency": uses_latency(request)}
     spec["name"] = f"{request.name[:150]}-trial-{number}"
     return JobSpec.model_validate(spec)
+
+
+def uses_latency(request: SearchCreate) -> bool:
+    """Whether the goal constrains or optimises the student's CPU latency (light trials measure it then)."""
+    goal = request.goal
+    return goal.max_latency_us is not None or any(o.metric == "latency_us" for o in goal.objectives)

@@ -2,7 +2,8 @@
 
 It reads as its steps: load the data (train / validation / test), plan the stages, train the
 in-job teachers, get the teachers' targets (cached or online), train the student stage(s) and the
-baseline, then evaluate everything on test once and write the artifacts. Every epoch end may
+baseline, then evaluate everything on test once and write the artifacts (a search's light trial,
+spec.trial, stops after the validation measures: trial_results.py). Every epoch end may
 checkpoint atomically, so calling `train` again on the same workdir with the same spec resumes
 where it stopped and ends with the same weights and metrics as an uninterrupted run.
 """
@@ -35,6 +36,7 @@ from app.training.teacher_weights import TeacherWeightsCache, trained_teacher
 from app.training.text import is_text_job, load_text_data
 from app.training.text_kd import layer_distiller, student_init
 from app.training.tracking import ARCHIVE_NAME, TensorBoardWriter
+from app.training.trial_results import state_from_trial, write_light_results
 
 __all__ = ["Result", "TrainCallbacks", "TrainingCancelled", "TrainingError", "train"]
 
@@ -43,7 +45,7 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
           job_id: str | None = None, cache_dir: Path | None = None,
           resolver: FileResolver | None = None, allow_torchscript: bool = False,
           checkpoint_interval: float = 0.0, reuse_teacher_weights: bool = False,
-          ranks: Ranks | None = None) -> Result:
+          ranks: Ranks | None = None, trial_state: Path | None = None) -> Result:
     """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
 
     `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
@@ -58,6 +60,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     `reuse_teacher_weights`: an in-job teacher whose stage was trained before under the same key
     (cache_dir/teacher-weights, see teacher_weights.py) is loaded instead of trained again.
     `ranks`: this process's data-parallel rank (launch.py starts them; default: the only one).
+    `trial_state`: a light trial's trial-state.pt, for a spec with trial.mode "finalise": its
+    student stages are loaded, not trained (a checkpoint in `workdir` still wins).
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -94,8 +98,11 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
             "transfer": 0 if transfer_x is None else len(transfer_x)}
 
     # 2. The stages, and where a previous call stopped.
-    plans = plan_stages(spec, rows=rows)
-    state = load_checkpoint(workdir, spec_sha256=sha) or new_checkpoint(spec_sha256=sha)
+    light = spec.trial is not None and spec.trial.mode == "light"
+    plans = [p for p in plan_stages(spec, rows=rows) if not (light and p.role == "baseline")]
+    state = load_checkpoint(workdir, spec_sha256=sha) or (
+        state_from_trial(trial_state, spec=spec, sha=sha) if trial_state is not None
+        else new_checkpoint(spec_sha256=sha))
     # Every exit waits for the checkpoint write in flight and closes the TensorBoard files.
     # Rank 0 alone writes files and calls the caller's callbacks (see distributed.py).
     with ranks.checkpoint_writer(workdir) as writer, TensorBoardWriter(
@@ -152,12 +159,18 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
         parallel = ranks.report()  # world_size and each rank's throughput
         if not ranks.is_main:
             return Result(results=parallel, artifacts=[])
-        results = write_results(
-            spec=spec, out=workdir / "artifacts", plans=plans, models=models,
-            finished=state["finished"], history=state["history"], targets=targets, data=data,
-            scales=scales, rows=rows, job_id=job_id, sha=sha, device=device.type,
-            placements=run.placements, elapsed=run.elapsed(), parallel=parallel)
-        results.artifacts.append(tensorboard.archive(workdir / "artifacts" / ARCHIVE_NAME))
+        if light:  # validation only; the student state is kept for a finalise job
+            results = write_light_results(
+                spec=spec, out=workdir / "artifacts", plans=plans, models=models, state=state,
+                targets=targets, data=data, scales=scales, rows=rows, job_id=job_id, sha=sha,
+                device=device.type, placements=run.placements, elapsed=run.elapsed(), parallel=parallel)
+        else:
+            results = write_results(
+                spec=spec, out=workdir / "artifacts", plans=plans, models=models,
+                finished=state["finished"], history=state["history"], targets=targets, data=data,
+                scales=scales, rows=rows, job_id=job_id, sha=sha, device=device.type,
+                placements=run.placements, elapsed=run.elapsed(), parallel=parallel)
+            results.artifacts.append(tensorboard.archive(workdir / "artifacts" / ARCHIVE_NAME))
     # diagnostics = the teacher notes (reported when found, above) + what the test results show
     for diagnostic in results.results["diagnostics"][len(targets.notes):]:
         callbacks.on_note(message=diagnostic)

@@ -95,7 +95,7 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
     elif "onnx" in spec.export:
         artifacts.append(write_onnx(student, task_names=[task.name for task in spec.tasks],
                                     input_shape=data.input_shape, directory=out, target_scales=scales))
-    artifacts.append(_write_metrics_csv(history, out / "metrics.csv"))
+    artifacts.append(write_metrics_csv(history, out / "metrics.csv"))
 
     def metrics_of(model: nn.Module) -> dict[str, dict[str, float | None]]:
         return all_task_metrics(predict(model, data.x_test), data.y_test, spec.tasks, scales=scales)
@@ -115,17 +115,13 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
         "job_id": job_id,
         "spec_sha256": sha,
         "tasks": tasks,  # test split
-        "validation": _validation(spec, models, targets, data, scales),
+        "validation": validation_metrics(spec, models, targets, data, scales),
         "params": {
             "teacher": sum(count for count in params.values() if count is not None),
             "student": count_params(student),
             "teachers": params,  # None: precomputed outputs, size unknown
         },
-        "stages": [{"name": plan.name, "epochs": finished[plan.name]["epochs"],
-                    "steps": finished[plan.name]["steps"],
-                    "best_epoch": finished[plan.name]["best_epoch"],
-                    "stopped_early": finished[plan.name]["stopped_early"],
-                    "seconds": round(finished[plan.name]["seconds"], 3)} for plan in plans],
+        "stages": stage_rows(plans, finished),
         "selection": spec.training.selection,
         "timing": {"total_seconds": 0.0},
         "latency_us_per_sample": {  # CPU, whole test split per call; teacher = all teachers
@@ -149,7 +145,15 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
     return Result(results=results, artifacts=[results_path, *artifacts, *reports])
 
 
-def _validation(spec: JobSpec, models: dict[str, nn.Module], targets: TeacherTargets,
+def stage_rows(plans: list[StagePlan], finished: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return results.json's "stages": each stage's epochs, steps, best epoch and seconds."""
+    return [{"name": plan.name, "epochs": finished[plan.name]["epochs"], "steps": finished[plan.name]["steps"],
+             "best_epoch": finished[plan.name]["best_epoch"],
+             "stopped_early": finished[plan.name]["stopped_early"],
+             "seconds": round(finished[plan.name]["seconds"], 3)} for plan in plans]
+
+
+def validation_metrics(spec: JobSpec, models: dict[str, nn.Module], targets: TeacherTargets,
                 data: DatasetSplits, scales: dict[str, TargetScale]) -> dict[str, dict[str, Any]]:
     """Return each task's primary metric on validation for teacher, student and baseline: the
     numbers a search or a tuning loop may choose by (results.json "tasks" is test, not for that)."""
@@ -165,7 +169,7 @@ def _validation(spec: JobSpec, models: dict[str, nn.Module], targets: TeacherTar
             for task in spec.tasks}
 
 
-def _write_metrics_csv(history: list[dict[str, Any]], path: Path) -> Path:
+def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> Path:
     columns: dict[str, None] = {}  # insertion-ordered union of the rows' keys
     for row in history:
         columns.update(dict.fromkeys(row))

@@ -23,6 +23,7 @@ from app.training.spec_sections import (ArchSpec, DatasetSpec, DistillationSpec,
 from app.training.spec_teachers import (OnnxSourceSpec, OutputsSourceSpec, TeacherSourceSpec,
                                         TeacherSpec, TorchScriptSourceSpec, TrainSourceSpec,
                                         WeightsSourceSpec)
+from app.training.spec_trial import TrialSpec
 
 __all__ = ["ArchSpec", "DatasetSpec", "DistillationSpec", "EarlyStoppingSpec", "JobSpec",
            "MlflowTrackingSpec", "OnnxSourceSpec", "OutputsSourceSpec", "ResourcesSpec", "TaskKDOverride",
@@ -61,6 +62,8 @@ class JobSpec(_Strict):
     # Data-parallel processes; a one-device spec dumps (and hashes) as before the section existed.
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
                                      exclude_if=lambda value: value.devices == 1)
+    # A search's child (spec_trial.py); absent from an ordinary job's dump and hash.
+    trial: TrialSpec | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @field_validator("tasks")
     @classmethod

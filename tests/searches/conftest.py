@@ -45,10 +45,12 @@ def store_search(settings: Settings, body: dict[str, Any], tenant_name: str = "a
 
 
 def queued_jobs(settings: Settings, search_id: str) -> list[str]:
+    """The search's queued child jobs: trials and front trials' finalise jobs."""
     from app.models import SearchTrial
 
     with session_scope(settings.resolved_database_url) as db:
         return [job_id for job_id, status in db.execute(
             Job.__table__.select().with_only_columns(Job.id, Job.status)
-            .where(Job.id.in_(db.query(SearchTrial.job_id).filter(SearchTrial.search_id == search_id))))
+            .where(Job.id.in_(db.query(SearchTrial.job_id).filter(SearchTrial.search_id == search_id))
+                   | Job.id.in_(db.query(SearchTrial.final_job_id).filter(SearchTrial.search_id == search_id))))
             if status == JobStatus.QUEUED]
