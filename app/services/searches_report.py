@@ -38,7 +38,8 @@ def write_artifacts(*, db: Session, search: Search, trials: list[SearchTrial], r
 
 
 def pareto_csv(search: Search, trials: list[SearchTrial], request: SearchCreate) -> str:
-    """One row per trial on the front: its values, validation and test retention, size, latency, params."""
+    """One row per trial on the front: its values, validation and test retention, size, latency, params,
+    and the finalise job that holds its exported student (a light search's)."""
     front = set((search.summary or {}).get("pareto", []))
     tasks = [task.name for task in request.base.tasks]
     objectives = [f"{o.direction}_{o.metric}" for o in request.goal.objectives]
@@ -46,7 +47,7 @@ def pareto_csv(search: Search, trials: list[SearchTrial], request: SearchCreate)
     writer = csv.writer(buffer)
     writer.writerow(["trial", "job_id", *objectives, "val_mean_retention", *[f"val_retention_{t}" for t in tasks],
                      "test_mean_retention", *[f"test_retention_{t}" for t in tasks], "params", "latency_us",
-                     "search_params"])
+                     "search_params", "final_job_id"])
     for trial in trials:
         if trial.number not in front:
             continue
@@ -54,7 +55,7 @@ def pareto_csv(search: Search, trials: list[SearchTrial], request: SearchCreate)
         writer.writerow([trial.number, trial.job_id, *(trial.values or []), found.get("mean_retention"),
                          *[found.get("retention", {}).get(t) for t in tasks], test.get("mean_retention"),
                          *[test.get("retention", {}).get(t) for t in tasks], found.get("params"),
-                         found.get("latency_us"), json.dumps(trial.params, sort_keys=True)])
+                         found.get("latency_us"), json.dumps(trial.params, sort_keys=True), trial.final_job_id])
     return buffer.getvalue()
 
 

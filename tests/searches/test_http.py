@@ -81,7 +81,7 @@ def test_a_search_survives_a_killed_worker_and_reports_its_front(settings: Setti
         assert api.get(f"/v1/searches/{search_id}/artifacts/pareto.png").content[:8] == b"\x89PNG\r\n\x1a\n"
         csv_rows = api.get(f"/v1/searches/{search_id}/artifacts/pareto.csv").text.strip().splitlines()
         assert len(csv_rows) == 1 + len(done["pareto"])
-        best_job = next(t["job_id"] for t in trials if t["number"] == done["best"])
+        best_job = next(t["final_job_id"] for t in trials if t["number"] == done["best"])  # its finalise job
         assert api.get(f"/v1/jobs/{best_job}/artifacts/student.safetensors").status_code == 200
         events = api.get(f"/v1/searches/{search_id}/events", params={"limit": 1000}).json()["data"]
         assert [e["kind"] for e in events][-1] == "succeeded"
