@@ -1,6 +1,7 @@
 """`dataset.files` over HTTP: Parquet uploads (checked from their footer), each file of the list
 tenant-checked and Parquet-checked with the field at fault, the same columns and types in every
-file, the dry run's rows over all files, and a file a queued job lists cannot be deleted."""
+file, the dry run's rows over all files, a file a queued job lists cannot be deleted, and a host
+that shares no directory with the API reads every file of the list from the object store."""
 
 import io
 from pathlib import Path
@@ -11,7 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.files.refs import file_refs
+from app.db import session_scope
+from app.files.refs import file_refs, file_resolver
+from app.main import create_app
+from app.models import File
+from tests.api.test_s3_uploads import BUCKET, s3  # noqa: F401  (s3: uploads in a private moto bucket)
+from tests.s3 import object_gets
 
 ROWS = 300
 
@@ -137,3 +143,26 @@ def test_the_upload_meta_and_the_engine_name_the_same_types(tmp_path: Path) -> N
     path.write_bytes(parquet(frame()))
     assert check_content(path=path, purpose="dataset", filename="p.parquet")["columns"] == \
         parquet_summary(path)["columns"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_another_host_resolves_every_file_from_the_object_store(s3: tuple[Settings, Path], auth: dict,  # noqa: F811
+                                                                tmp_path: Path) -> None:
+    settings, log = s3
+    client = TestClient(create_app(), raise_server_exceptions=False)
+    contents = [parquet(frame().iloc[:120]), parquet(frame().iloc[120:])]
+    ids = [upload(client, auth, content, f"p{i}.parquet") for i, content in enumerate(contents)]
+    r = client.post("/v1/jobs/validate", headers=auth, json=files_spec(ids, data_placement="disk"))
+    assert r.status_code == 200, r.text
+    dataset = r.json()["summary"]["dataset"]
+    assert dataset["train_rows"] + dataset["validation_rows"] + dataset["test_rows"] == ROWS
+    with session_scope(settings.resolved_database_url) as db:
+        tenant = db.get(File, ids[0]).tenant_id
+    host = settings.model_copy(update={"data_dir": tmp_path / "worker-host"})  # shares no directory
+    resolver = file_resolver(settings=host, tenant_id=tenant, spec={"dataset": {"files": ids}})
+    for file_id, content in zip(ids, contents, strict=True):
+        path = resolver.resolve(file_id)
+        assert path.parent == (tmp_path / "worker-host" / "file-cache").resolve()
+        assert path.read_bytes() == content  # the sha256-keyed, verified copy
+        assert object_gets(log, bucket=BUCKET, key=f"files/{tenant}/{file_id}") == 1
