@@ -117,12 +117,11 @@ class Client:
                 raise TimeoutError(f"job {job_id} still {job.status} after {timeout}s")
             time.sleep(poll)
 
-    def submit_search(self, goal: dict[str, Any]) -> SearchOut:
-        """Submit a search goal (base, space, goal, trials...); sent once: a search has no Idempotency-Key."""
-        response = self._http.post("/v1/searches", json=goal)
-        if response.status_code >= 400:
-            raise ApiError(response.status_code, response.json())
-        return SearchOut.model_validate(response.json())
+    def submit_search(self, goal: dict[str, Any], *, idempotency_key: str | None = None) -> SearchOut:
+        """Submit a search goal (base, space, goal, trials...); retried safely, as ``submit``, under an Idempotency-Key."""
+        key = idempotency_key or uuid.uuid4().hex  # a retried submit must not start a second search
+        return SearchOut.model_validate(self._request("POST", "/v1/searches", json=goal,
+                                                      headers={"Idempotency-Key": key}).json())
 
     def search(self, search_id: str) -> SearchOut:
         return SearchOut.model_validate(self._request("GET", f"/v1/searches/{search_id}").json())

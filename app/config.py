@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)  # one uploaded file
     # Any other request body (a job spec is a few KiB); larger ones get 413 before they are read.
     max_json_bytes: int = Field(default=1024**2, ge=1024)
-    # Open SSE streams (GET /v1/jobs/{id}/events/stream) per tenant in one API process; 429 beyond.
+    # Open SSE streams (job and search events/stream, counted together) per tenant in one API process; 429 beyond.
     max_streams_per_tenant: int = Field(default=100, ge=1)
     rate_limit: str = "600/minute"  # per API key, `limits` notation; "" turns it off
     rate_limit_storage_url: str = "memory://"  # e.g. redis://host:6379/1 to share across API processes

@@ -3,13 +3,14 @@ the search SSE stream under the tenant's stream cap shared with job streams, hol
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 
+from app.client import Client
 from app.config import Settings
 from app.db import session_scope
 from app.models import Search
@@ -59,6 +60,9 @@ def test_an_idempotency_key_replays_the_same_search(server: Server) -> None:
         assert [s["id"] for s in api.get("/v1/searches").json()["data"]] == [first.json()["id"]]
         keyless = [api.post("/v1/searches", json=tiny_goal()).json()["id"] for _ in range(2)]
         assert len({first.json()["id"], *keyless}) == 3  # no key, no replay
+    with Client(server.url, server.headers["Authorization"].split()[1]) as client:  # retries under one key
+        sent = client.submit_search(tiny_goal(), idempotency_key="goal-2")
+        assert client.submit_search(tiny_goal(), idempotency_key="goal-2").id == sent.id
 
 
 @dataclass
@@ -90,7 +94,7 @@ class Reader:
         self.finished = True
 
 
-async def _until(predicate, timeout: float, what: str) -> None:  # noqa: ANN001
+async def _until(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
