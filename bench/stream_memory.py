@@ -7,7 +7,9 @@ large and a small table, each in a fresh child process, and reports each child's
 
     .venv/bin/python -m bench.stream_memory --rows 5000000 --small-rows 50000 --epochs 1
 
-`--cap-mb N` puts an address-space limit (RLIMIT_AS) on the children; tests use it.
+`--parts K` writes the large table as K Parquet files (the same rows, split at row groups) and
+names them as one dataset (`dataset.files`). `--cap-mb N` puts an address-space limit
+(RLIMIT_AS) on the children; tests use it.
 """
 
 import argparse
@@ -31,13 +33,20 @@ COLORS = np.array(["red", "green", "blue", "grey"], dtype=object)
 
 def write_table(path: Path, rows: int, *, seed: int = 0) -> int:
     """Write `rows` synthetic rows to a Parquet file; return its size in bytes."""
+    return sum(p.stat().st_size for p in write_parts([path], rows, seed=seed))
+
+
+def write_parts(paths: list[Path], rows: int, *, seed: int = 0) -> list[Path]:
+    """Write `rows` synthetic rows across `paths` in order (whole row groups, about as many in
+    each file); one file holds the same rows as several."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     rng = np.random.default_rng(seed)
     weights = rng.normal(size=(FEATURES, 2)).astype(np.float32)
-    writer = None
-    for start in range(0, rows, GROUP_ROWS):
+    groups = -(-rows // GROUP_ROWS)
+    writers: list[Any] = []
+    for group, start in enumerate(range(0, rows, GROUP_ROWS)):
         n = min(GROUP_ROWS, rows - start)
         x = rng.normal(size=(n, FEATURES)).astype(np.float32)
         color = rng.integers(0, len(COLORS), size=n)
@@ -46,17 +55,22 @@ def write_table(path: Path, rows: int, *, seed: int = 0) -> int:
         columns = {f"f{i}": x[:, i] for i in range(FEATURES)}
         columns.update(color=COLORS[color], kind=kind, flag=(score[:, 1] > 0.3).astype(np.int64))
         table = pa.table(columns)
-        writer = writer or pq.ParquetWriter(path, table.schema)
-        writer.write_table(table)
-    assert writer is not None
-    writer.close()
-    return path.stat().st_size
+        part = group * len(paths) // groups
+        while len(writers) <= part:
+            writers.append(pq.ParquetWriter(paths[len(writers)], table.schema))
+        writers[part].write_table(table)
+    for writer in writers:
+        writer.close()
+    return paths[:len(writers)]
 
 
-def job_spec(path: Path, *, epochs: int, placement: str = "disk") -> dict[str, Any]:
-    """The benchmark's job: an in-job MLP teacher, an MLP student and the baseline, on the table."""
+def job_spec(path: Path | list[Path], *, epochs: int, placement: str = "disk") -> dict[str, Any]:
+    """The benchmark's job: an in-job MLP teacher, an MLP student and the baseline, on the table
+    (a list of paths: one table in several files, `dataset.files`)."""
+    dataset = ({"files": [str(p) for p in path]} if isinstance(path, list)
+               else {"file": str(path), "format": "parquet"})
     return {
-        "name": "stream-memory", "dataset": {"file": str(path), "format": "parquet"},
+        "name": "stream-memory", "dataset": dataset,
         "tasks": [{"name": "kind", "kind": "multiclass", "num_classes": 3},
                   {"name": "flag", "kind": "binary"}],
         "teachers": [{"name": "teacher", "tasks": ["kind", "flag"], "source": {"train": {
@@ -114,21 +128,25 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--small-rows", type=int, default=50_000)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--parts", type=int, default=1, help="write the large table as this many files")
     parser.add_argument("--cap-mb", type=int, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="a directory to keep the tables in")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         base = args.keep or Path(scratch)
         base.mkdir(parents=True, exist_ok=True)
-        report: dict[str, Any] = {"epochs": args.epochs, "load_before": os.getloadavg()}
-        for name, rows in (("small", args.small_rows), ("large", args.rows)):
-            path = base / f"table-{rows}.parquet"
+        report: dict[str, Any] = {"epochs": args.epochs, "parts": args.parts, "load_before": os.getloadavg()}
+        for name, rows, parts in (("small", args.small_rows, 1), ("large", args.rows, args.parts)):
+            paths = [base / (f"table-{rows}.parquet" if parts == 1 else f"table-{rows}-{i}-of-{parts}.parquet")
+                     for i in range(parts)]
             started = time.perf_counter()
-            size = path.stat().st_size if path.exists() else write_table(path, rows)
+            if not all(p.exists() for p in paths):
+                paths = write_parts(paths, rows)
             written = time.perf_counter() - started
-            outcome = run_job(job_spec(path, epochs=args.epochs), base / f"work-{rows}-{time.time_ns()}",
-                              cap_mb=args.cap_mb)
-            report[name] = {"rows": rows, "parquet_mb": round(size / 2**20, 1),
+            size = sum(p.stat().st_size for p in paths)
+            outcome = run_job(job_spec(paths if parts > 1 else paths[0], epochs=args.epochs),
+                              base / f"work-{rows}-{time.time_ns()}", cap_mb=args.cap_mb)
+            report[name] = {"rows": rows, "files": len(paths), "parquet_mb": round(size / 2**20, 1),
                             "write_seconds": round(written, 1), **outcome}
             print(json.dumps({name: report[name]}), flush=True)
         if report["small"].get("peak_rss_mb") and report["large"].get("peak_rss_mb"):

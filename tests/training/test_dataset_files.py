@@ -140,3 +140,30 @@ def test_the_spec_section_rules(tmp_path: Path) -> None:
         assert kind in [e["type"] for e in error.value.errors()], (bad, error.value)  # type: ignore[attr-defined]
     with pytest.raises(Exception, match=r"dataset.files\[2\]: 'a' is dataset.files\[0\] already"):
         DatasetSpec.model_validate({"files": ["a", "b", "a"]})
+
+
+@pytest.mark.parametrize("placement", ["device", "disk"])
+def test_string_and_large_string_files_read_as_one_table(tmp_path: Path, placement: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = table(ROWS).drop(columns=["split"])
+    whole = tmp_path / "whole.parquet"
+    frame.to_parquet(whole)
+    first, second = parts(tmp_path, frame, [400])
+    for path, text in ((first, pa.string()), (second, pa.large_string())):  # as other writers do
+        read = pq.read_table(path)
+        pq.write_table(read.set_column(read.schema.get_field_index("color"), "color",
+                                       read.column("color").cast(text)), path)
+    assert str(pq.read_schema(first).field("color").type) != str(pq.read_schema(second).field("color").type)
+
+    def load(spec: DatasetSpec, name: str) -> Any:
+        if placement == "disk":
+            return load_disk_data(spec, tasks=TASKS, seed=0, resolver=None, device=torch.device("cpu"),
+                                  directory=tmp_path / name)
+        return load_dataset(spec, tasks=TASKS)
+
+    one = load(DatasetSpec(file=str(whole), format="parquet"), "one")
+    two = load(DatasetSpec(files=[str(first), str(second)]), "two")
+    assert two.layout == one.layout and two.notes == one.notes
+    assert torch.equal(two.x_train[:], one.x_train[:]) and torch.equal(two.x_test[:], one.x_test[:])
