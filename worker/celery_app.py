@@ -1,5 +1,7 @@
 """The worker's Celery app: shared config from ``app.queue`` plus the tasks and the reaper."""
 
+import multiprocessing.process
+
 from celery import Celery
 from celery.signals import (
     setup_logging,
@@ -102,6 +104,25 @@ def _enter_device_slot(**_: object) -> None:
     from worker.slots import enter_slot
 
     enter_slot(getattr(current_process(), "index", 0))
+
+
+# multiprocessing's main-process class (it deletes the name): taken here, in the worker's main process.
+_MAIN_PROCESS_TYPE = type(multiprocessing.process.current_process())
+
+
+@worker_process_init.connect
+def _allow_rank_processes(**_: object) -> None:
+    """Let a pool process start a data-parallel job's ranks (app/training/launch.py).
+
+    billiard installs its pool process as multiprocessing's current process: daemonic, so
+    multiprocessing refused it children ("daemonic processes are not allowed to have children":
+    every resources.devices job failed so in a real worker), and with billiard's authkey, which
+    multiprocessing's spawn cannot pickle. To multiprocessing (torch.multiprocessing's spawn
+    context) the pool process is a main process of its own; billiard keeps its own record. The
+    ranks die with the pool process anyway (PR_SET_PDEATHSIG), and launch.py joins or kills them
+    before a job returns.
+    """
+    multiprocessing.process._current_process = _MAIN_PROCESS_TYPE()  # type: ignore[attr-defined]
 
 
 @worker_ready.connect
