@@ -64,7 +64,7 @@ def api(host: Annotated[str | None, typer.Option()] = None, port: Annotated[int 
     uvicorn.run("app.main:app", host=host or settings.host, port=port or settings.port, proxy_headers=True)
 
 
-def worker(concurrency: Annotated[int, typer.Option("-c", help="processes; use one per GPU")] = 1,
+def worker(concurrency: Annotated[int, typer.Option("-c", help="pool processes (jobs at once); on a GPU worker each gets WORKER_DEVICES // c GPUs of its own")] = 1,
            loglevel: Annotated[str, typer.Option()] = "INFO",
            webhooks: Annotated[bool, typer.Option("--webhooks", help="deliver webhooks, not jobs")] = False) -> None:
     """Run a Celery worker that trains queued jobs (SIGTERM hands its running job back to the queue)."""

@@ -10,7 +10,12 @@ from app.config import Settings
 from app.db import session_scope, utcnow
 from app.errors import InvalidRequest
 from app.models import Worker
-from app.services.placement import declare_worker, dry_run_accelerator, placement_warnings, read_pool
+from app.services.placement import (
+    declare_worker,
+    dry_run_accelerator,
+    placement_warnings,
+    read_pool,
+)
 from app.training.spec import JobSpec
 from tests.conftest import tiny_spec
 from worker.slots import SlotError, plan_slots
