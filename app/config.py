@@ -30,11 +30,13 @@ class Settings(BaseSettings):
     # shared with other processes 1 can be far faster (oversubscribed cores thrash).
     torch_threads: int | None = Field(default=None, ge=1)
     # Devices this worker trains data-parallel jobs on (resources.devices); unset: its CUDA device
-    # count, or 1 on a CPU host. Set on the API too (the largest worker's) where they run apart.
+    # count, or 1 on a CPU host. A GPU worker gives each of its -c pool processes D // c of them
+    # (worker/slots.py). Workers declare theirs in the database; the API reads this one only
+    # until a worker has (app/services/placement.py).
     worker_devices: int | None = Field(default=None, ge=1)
-    # What the job workers train on, for the API's dry run: "auto" = this host's own CUDA (the
-    # embedded deployment: API and worker on one machine); "cpu" or "cuda" where the workers run
-    # elsewhere (compose). A spec asking for training.precision fp16 is refused on a CPU-only pool.
+    # On a worker: "cuda" (GPU slots per pool process), "cpu", or "auto" = CUDA devices detected.
+    # The live workers' values decide the API's fp16 refusal; the API's own ("auto": its host's
+    # CUDA, as in the embedded deployment) only until a worker has declared itself.
     worker_accelerator: Literal["auto", "cpu", "cuda"] = "auto"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
