@@ -59,7 +59,8 @@ def _preload_engine(sender: object = None, **_: object) -> None:
 # (2-core CPU): torch._dynamo 1.0 s (the first torch.optim optimizer imports it),
 # sklearn.datasets 0.9 s (digits-mt, penguins, yeast), matplotlib's pyplot and font list (report.png),
 # cffi 0.05 s (Celery's child initializer sets the parent-death signal through it), tensorboardX
-# 0.57 s under load (tensorboard.zip's writer, imported at a job's first epoch end). Not onnxruntime:
+# 0.57 s under load (tensorboard.zip's writer, imported at a job's first epoch end), optuna 0.39 s at load
+# 5.7 (a search's trial steps its search in the child when it ends). Not onnxruntime:
 # imported before fork, a child that later exits hangs in its thread-pool destructor.
 PRELOADED_MODULES = (
     "cffi",
@@ -71,6 +72,7 @@ PRELOADED_MODULES = (
     "matplotlib.pyplot",
     "mnist1d.data",
     "onnx",
+    "optuna",
 )
 
 
@@ -82,14 +84,14 @@ def _plan_device_slots(sender: object = None, **_: object) -> None:
         return
     import logging
 
-    from worker.slots import SlotError, plan_slots, set_plan
+    from worker.slots import CUDA, SlotError, plan_slots, set_plan
 
     concurrency = sender.concurrency  # type: ignore[attr-defined]
     try:
-        if not isinstance(concurrency, int):  # "auto" is sized on CPUs, not GPUs
-            raise SlotError(f"worker concurrency {concurrency!r}: give -c N (pool processes) so that "
-                            "each gets its own devices")
-        plan = plan_slots(get_settings(), concurrency)
+        plan = plan_slots(get_settings(), concurrency if isinstance(concurrency, int) else 1)
+        if plan.accelerator == CUDA and not isinstance(concurrency, int):  # "auto": sized on CPUs
+            raise SlotError(f"worker concurrency {concurrency!r}: give a GPU worker -c N (pool "
+                            "processes) so that each gets its own GPUs")
     except SlotError as exc:
         logging.getLogger("distillery.worker").critical("refusing to start: %s", exc)
         raise SystemExit(f"distillery worker refuses to start: {exc}") from None

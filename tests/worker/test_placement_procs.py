@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 GPU_SLOTS = {"DISTILLERY_WORKER_ACCELERATOR": "cuda", "DISTILLERY_WORKER_DEVICES": "2"}
 
 
-def pool_argv(name: str, processes: int) -> list[str]:
+def pool_argv(name: str, processes: int | str) -> list[str]:
     argv = worker_argv(name)
     argv[argv.index("-c") + 1] = str(processes)
     return argv
@@ -57,7 +57,11 @@ def test_a_gpu_worker_with_more_processes_than_devices_refuses_to_start(settings
     assert done.returncode != 0
     assert "refuses to start" in done.stderr and "two processes would share a GPU" in done.stderr
     assert "-c 1" in done.stderr
-    assert declared(settings) == {}  # it never took a job nor declared itself
+    # Celery's "-c auto" sizes the pool on CPUs, not GPUs: a GPU worker refuses it too.
+    done = subprocess.run(pool_argv("auto", "auto"), env=env, capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert done.returncode != 0 and "give a GPU worker -c N" in done.stderr
+    assert declared(settings) == {}  # neither took a job nor declared itself
 
 
 @pytest.mark.parametrize("settings", ["sqlite", "postgres"], indirect=True)
