@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -111,6 +111,9 @@ async def session_paused(db: Session) -> AsyncIterator[None]:
 
 
 SessionDep = Annotated[Session, Depends(get_db)]
+# An event number: the seq columns are 32-bit INTEGERs, so a larger `after` could match nothing, and
+# SQLite refused one past 2**63 with an OverflowError (a 500, found by schemathesis): 422 instead.
+EventCursor = Annotated[int, Query(ge=0, le=2**31 - 1, description="the last event number seen")]
 _bearer = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer dk_...`")
 
 

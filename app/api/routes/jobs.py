@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
-from app.api.deps import JobDep, SessionDep, SettingsDep, TenantDep
+from app.api.deps import EventCursor, JobDep, SessionDep, SettingsDep, TenantDep
 from app.api.problems import problems
 from app.schemas import EventList, EventOut, JobCreate, JobList, JobOut, JobStatus, ValidationSummary
 from app.services import events as event_service
@@ -67,7 +67,7 @@ def delete_job(job: JobDep, db: SessionDep, settings: SettingsDep) -> Response:
 
 @router.get("/{job_id}/events", response_model=EventList, responses=problems(401, 404, 422))
 def list_job_events(
-    job: JobDep, db: SessionDep, after: Annotated[int, Query(ge=0)] = 0,
+    job: JobDep, db: SessionDep, after: EventCursor = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
     """Return the job's events with a sequence number above ``after``."""

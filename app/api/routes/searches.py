@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep, release_session
+from app.api.deps import EventCursor, SessionDep, SettingsDep, TenantDep, release_session
 from app.api.problems import problems
 from app.api.ranges import ranged_response
 from app.api.routes.stream import EventStreamResponse
@@ -62,7 +62,7 @@ def cancel_search(search: SearchDep, db: SessionDep) -> SearchOut:
 
 
 @router.get("/{search_id}/events", response_model=EventList, responses=problems(401, 404, 422))
-def list_search_events(search: SearchDep, db: SessionDep, after: Annotated[int, Query(ge=0)] = 0,
+def list_search_events(search: SearchDep, db: SessionDep, after: EventCursor = 0,
                        limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> EventList:
     """Return the search's events (trial started/complete/pruned..., the end) after ``after``."""
     rows, has_more = search_service.list_events(db=db, search_id=search.id, after=after, limit=limit)
@@ -76,7 +76,7 @@ def list_search_events(search: SearchDep, db: SessionDep, after: Annotated[int, 
                                                "together (DISTILLERY_MAX_STREAMS_PER_TENANT); see Retry-After"}})
 async def stream_search_events(
     tenant: TenantDep, db: SessionDep, settings: SettingsDep, search_id: Annotated[str, Path(max_length=64)],
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: EventCursor = 0,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """Follow the search's events live (a reconnect with Last-Event-ID resumes); it ends after the final event."""

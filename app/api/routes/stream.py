@@ -2,11 +2,11 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from app.api.deps import SessionDep, SettingsDep, TenantDep, release_session
+from app.api.deps import EventCursor, SessionDep, SettingsDep, TenantDep, release_session
 from app.api.problems import problems
 from app.services.streams import EventStream, open_event_stream
 
@@ -35,7 +35,7 @@ class EventStreamResponse(StreamingResponse):
                                                "(DISTILLERY_MAX_STREAMS_PER_TENANT); see Retry-After"}})
 async def stream_job_events(
     tenant: TenantDep, db: SessionDep, settings: SettingsDep, job_id: Annotated[str, Path(max_length=64)],
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: EventCursor = 0,
     last_event_id: Annotated[str | None, Header(max_length=20)] = None,
 ) -> StreamingResponse:
     """Follow a job's events live; a reconnect with Last-Event-ID resumes after that event."""
