@@ -123,9 +123,9 @@ def read_text_table(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: FileR
     from app.training.datasets.uploaded import (
         TEST,
         VALIDATION,
-        _labels,
-        _split_roles,
+        encode_labels,
         read_table,
+        split_roles,
     )
     from app.training.spec_files import dataset_files
 
@@ -149,9 +149,9 @@ def read_text_table(spec: DatasetSpec, *, tasks: list[TaskSpec], resolver: FileR
                      f"without text dropped ({int(keep.sum())} of {total} kept)")
     frame = frame[keep]
     texts = {c: [t for t, k in zip(v, keep) if k] for c, v in texts.items()}
-    y = {t.name: _labels(t, frame[targets[t.name]].to_numpy(), notes) for t in tasks}
+    y = {t.name: encode_labels(t, frame[targets[t.name]].to_numpy(), notes) for t in tasks}
     strat = next((y[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
-    roles = _split_roles(len(frame), frame[spec.split_column].to_numpy() if spec.split_column else None,
+    roles = split_roles(len(frame), frame[spec.split_column].to_numpy() if spec.split_column else None,
                          strat)
     train, test = np.flatnonzero(roles != TEST), np.flatnonzero(roles == TEST)
     return RawTextSplits(texts_train={c: [v[i] for i in train] for c, v in texts.items()},

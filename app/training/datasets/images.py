@@ -215,7 +215,7 @@ def load_images_dataset(path: Path, *, tasks: list[TaskSpec], image_size: tuple[
     """Inputs (n, channels, height, width) float32 in [0, 1]; targets by uploaded.py's table rules."""
     import pandas as pd
 
-    from app.training.datasets.uploaded import _finish, _labels, _split_roles
+    from app.training.datasets.uploaded import encode_labels, finish_splits, split_roles
 
     clash = [task.name for task in tasks if task.name in (FILE_COLUMN, SPLIT_COLUMN)]
     if clash:
@@ -243,8 +243,8 @@ def load_images_dataset(path: Path, *, tasks: list[TaskSpec], image_size: tuple[
         if not files:
             raise _invalid(f"{contents.csv_name} has no rows with every target")
         x = _decode_rows(archive, contents, files, channels=channels, size=image_size)
-    encoded = {task.name: _labels(task, frame[columns[task.name]].to_numpy() if task.kind == "multilabel"
+    encoded = {task.name: encode_labels(task, frame[columns[task.name]].to_numpy() if task.kind == "multilabel"
                                   else frame[task.name].to_numpy(), notes) for task in tasks}
     strat = next((encoded[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
     split = frame[SPLIT_COLUMN].to_numpy() if SPLIT_COLUMN in frame.columns else None
-    return _finish(x, encoded, _split_roles(len(files), split, strat), notes)
+    return finish_splits(x, encoded, split_roles(len(files), split, strat), notes)

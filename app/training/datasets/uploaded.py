@@ -45,7 +45,7 @@ def _invalid(message: str) -> TrainingError:
     return TrainingError(code="invalid_data", message=message)
 
 
-def _split_roles(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> np.ndarray:
+def split_roles(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> np.ndarray:
     """Return each row's role (n,): TRAIN, VALIDATION or TEST."""
     if split is not None:
         values = np.char.lower(np.asarray(split).astype(str))
@@ -68,7 +68,7 @@ def _split_roles(n: int, split: np.ndarray | None, strat: np.ndarray | None) -> 
     return roles
 
 
-def _labels(task: TaskSpec, raw: np.ndarray, notes: list[str]) -> np.ndarray:
+def encode_labels(task: TaskSpec, raw: np.ndarray, notes: list[str]) -> np.ndarray:
     """Encode one task's target column(s) by the module's rules."""
     if task.kind == "regression":
         try:
@@ -117,8 +117,9 @@ def category_codes(text: np.ndarray, train_categories: list[str], *,
     return np.array([lookup.get(value, 0) for value in text], dtype=np.float64), cardinality
 
 
-def _finish(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, notes: list[str],
-            layout: TableLayout | None = None) -> DatasetSplits:
+def finish_splits(x: np.ndarray, targets: dict[str, np.ndarray], roles: np.ndarray, notes: list[str],
+                  layout: TableLayout | None = None) -> DatasetSplits:
+    """Check the inputs, then cut rows into DatasetSplits by their roles (the notes go with them)."""
     if not np.isfinite(x).all():
         raise _invalid("the inputs have NaN or inf values")
 
@@ -146,11 +147,11 @@ def load_npz_dataset(path: Path, *, tasks: list[TaskSpec]) -> DatasetSplits:
         if f"y_{task.name}" not in arrays:
             raise _invalid(f"the .npz dataset has no `y_{task.name}` for task '{task.name}' "
                            f"(arrays: {', '.join(sorted(arrays))})")
-        targets[task.name] = _labels(task, arrays[f"y_{task.name}"], notes)
+        targets[task.name] = encode_labels(task, arrays[f"y_{task.name}"], notes)
         if len(targets[task.name]) != len(x):
             raise _invalid(f"`y_{task.name}` has {len(targets[task.name])} rows, `x` has {len(x)}")
     strat = next((targets[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
-    return _finish(x, targets, _split_roles(len(x), arrays.get("split"), strat), notes)
+    return finish_splits(x, targets, split_roles(len(x), arrays.get("split"), strat), notes)
 
 
 def read_table(path: Path | list[Path], fmt: str) -> Any:
@@ -192,10 +193,10 @@ def load_table_dataset(path: Path | list[Path], *, fmt: str, tasks: list[TaskSpe
     frame = frame.dropna(subset=sorted(used - {split_column} if split_column else used)).reset_index(drop=True)
     if len(frame) < before:
         notes.append(f"dropped {before - len(frame)} of {before} rows with a missing target")
-    encoded = {t.name: _labels(t, frame[target_columns[t.name]].to_numpy() if t.kind == "multilabel"
+    encoded = {t.name: encode_labels(t, frame[target_columns[t.name]].to_numpy() if t.kind == "multilabel"
                                else frame[target_columns[t.name][0]].to_numpy(), notes) for t in tasks}
     strat = next((encoded[t.name] for t in tasks if t.kind in ("multiclass", "binary")), None)
-    roles = _split_roles(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
+    roles = split_roles(len(frame), frame[split_column].to_numpy() if split_column else None, strat)
     is_train = roles == TRAIN
     columns, codes, cardinalities, categorical = [], [], [], []
     for name in features:
@@ -222,6 +223,6 @@ def load_table_dataset(path: Path | list[Path], *, fmt: str, tasks: list[TaskSpe
             else:
                 columns.append((text[:, None] == np.array(categories)[None, :]).astype(np.float64))
     if not codes:  # no categorical column: plain numbers, whatever the encoding
-        return _finish(np.concatenate(columns, axis=1), encoded, roles, notes)
+        return finish_splits(np.concatenate(columns, axis=1), encoded, roles, notes)
     layout = TableLayout(numeric=len(columns), cardinalities=tuple(cardinalities), names=tuple(categorical))
-    return _finish(np.concatenate(columns + codes, axis=1), encoded, roles, notes, layout=layout)
+    return finish_splits(np.concatenate(columns + codes, axis=1), encoded, roles, notes, layout=layout)
