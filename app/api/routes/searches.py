@@ -5,7 +5,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from app.api.deps import EventCursor, SessionDep, SettingsDep, TenantDep, release_session
+from app.api.deps import (
+    EventCursor,
+    SessionDep,
+    SettingsDep,
+    TenantDep,
+    release_session,
+)
 from app.api.problems import problems
 from app.api.ranges import ranged_response
 from app.api.routes.stream import EventStreamResponse
