@@ -12,7 +12,9 @@ the table is printed:
     the area of (retention, params) pairs some feasible trial dominates;
   - best feasible mean retention (validation);
   - cost: the search's wall time (controller start to end) over the sum of its trials'
-    student-stage seconds (results.json stages), and over half that sum (two workers).
+    student-stage seconds (results.json stages), and over half that sum (two workers); the wall
+    includes the front trials' finalise jobs (test evaluation and exports of the light trials'
+    students), also reported alone as finalise_seconds.
 Teachers train once per dataset: the first search pays for them (its first trial), later ones hit
 the weights and output caches, as a search's later trials do.
 """
@@ -79,11 +81,17 @@ def run_search(api: httpx.Client, *, dataset: str, sampler: str, seed: int, tria
     search_id = created.json()["id"]
     while (search := api.get(f"/v1/searches/{search_id}").json())["status"] not in ("succeeded", "failed", "cancelled"):
         time.sleep(2)
-    student_seconds = 0.0
+    student_seconds, jobs = 0.0, []
     for trial in search["trials"]:
         results = api.get(f"/v1/jobs/{trial['job_id']}/results")
         if results.status_code == 200:
             student_seconds += sum(s["seconds"] for s in results.json()["stages"] if s["name"] == "student")
+            job = api.get(f"/v1/jobs/{trial['job_id']}").json()
+            jobs.append({key: datetime.fromisoformat(job[key]) for key in ("created_at", "started_at", "finished_at")}
+                        | {"engine": results.json()["timing"]["total_seconds"]})
+    events = api.get(f"/v1/searches/{search_id}/events", params={"limit": 1000}).json()["data"]
+    finalising = [datetime.fromisoformat(e["created_at"]) for e in events if e["kind"] == "trial_finalising"]
+    finished = datetime.fromisoformat(search["finished_at"])
     feasible = [t for t in search["trials"] if t["state"] == "complete"]
     points = [(t["measures"]["mean_retention"], t["measures"]["params"]) for t in feasible]
     wall = (datetime.fromisoformat(search["finished_at"]) - datetime.fromisoformat(search["started_at"])).total_seconds()
@@ -93,7 +101,27 @@ def run_search(api: httpx.Client, *, dataset: str, sampler: str, seed: int, tria
             "best_feasible_mean_retention": max((p[0] for p in points), default=None),
             "wall_seconds": wall, "student_stage_seconds": student_seconds,
             "cost_ratio": wall / student_seconds if student_seconds else None,
-            "cost_ratio_2_workers": wall / (student_seconds / 2) if student_seconds else None}
+            "cost_ratio_2_workers": wall / (student_seconds / 2) if student_seconds else None,
+            # light trials: the front's finalise jobs, from the first one's start to the search's end
+            "finalise_jobs": len(finalising),
+            "finalise_seconds": (finished - min(finalising)).total_seconds() if finalising else 0.0,
+            "trial_timeline": timeline(jobs)}
+
+
+def timeline(jobs: list[dict]) -> dict:
+    """Where the trials' time went, summed over the trial jobs: queued -> claimed (broker pickup,
+    waiting for a free worker), claimed -> finished (the job: engine plus claim/store/finish), the
+    engine's own total, and each trial's end -> the next trial queued (the controller step)."""
+    jobs = sorted(jobs, key=lambda j: j["created_at"])
+    gaps = []
+    for job in jobs[2:]:
+        ended = [j["finished_at"] for j in jobs if j["finished_at"] <= job["created_at"]]
+        if ended:
+            gaps.append((job["created_at"] - max(ended)).total_seconds())
+    return {"queued_to_claimed_s": sum((j["started_at"] - j["created_at"]).total_seconds() for j in jobs),
+            "claimed_to_finished_s": sum((j["finished_at"] - j["started_at"]).total_seconds() for j in jobs),
+            "engine_total_s": sum(j["engine"] for j in jobs),
+            "trial_end_to_next_queued_s": sum(gaps), "gaps": len(gaps)}
 
 
 def table(rows: list[dict]) -> str:
@@ -127,7 +155,8 @@ def main() -> None:
             [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "-Q", "distillery", "-c", "1",
              "--loglevel", "WARNING", "-n", f"bench-{uuid.uuid4().hex[:6]}@%h", "--without-gossip",
              "--without-mingle", "--without-heartbeat"],
-            env=s.env, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=s.env, cwd=ROOT, start_new_session=True, stderr=subprocess.STDOUT,
+            stdout=open(os.environ.get("BENCH_WORKER_LOG", os.devnull), "ab"))  # noqa: SIM115 (the worker's lifetime)
             for _ in range(2)]
         rows = []
         try:
