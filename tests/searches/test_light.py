@@ -13,8 +13,9 @@ from app.storage import get_store
 from app.training import JobSpec
 from app.training.spec import spec_sha256
 from tests.conftest import tiny_spec
-from tests.searches.conftest import store_search, tiny_goal
+from tests.searches.conftest import queued_jobs, store_search, tiny_goal
 from tests.searches.test_controller import _drive
+from worker.search import advance_search
 from worker.tasks import execute_job
 
 LIGHT_ARTIFACTS = {"results.json", "metrics.csv", "trial-state.pt"}
@@ -134,3 +135,28 @@ def test_a_finalise_job_refuses_a_source_that_ran_another_spec(settings: Setting
         assert db.get(Job, other.id).error_code == "trial_state_mismatch"
     state = torch.load(get_store(settings).local_path(f"{light.id}/trial-state.pt"), weights_only=True)
     assert set(state["finished"]) == {"student"}  # the student only: teachers come from their cache
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_cancel_during_finalisation_cancels_the_finalise_jobs(settings: Settings) -> None:
+    from app.services.searches import request_cancel
+
+    search_id = store_search(settings, tiny_goal(trials=2, parallel=2))
+    for _ in range(10):  # run the trials, not the finalise jobs
+        assert advance_search(search_id, settings=settings)
+        with session_scope(settings.resolved_database_url) as db:
+            finals = list(db.scalars(select(SearchTrial.final_job_id).where(
+                SearchTrial.search_id == search_id, SearchTrial.final_job_id.is_not(None))))
+        if finals:
+            break
+        for job_id in queued_jobs(settings, search_id):
+            execute_job(job_id, settings=settings)
+    assert finals
+    with session_scope(settings.resolved_database_url) as db:
+        request_cancel(db=db, search=db.get(Search, search_id))
+    search = _drive(settings, search_id)
+    assert search.status == "cancelled"
+    with session_scope(settings.resolved_database_url) as db:
+        assert all(db.get(Job, job_id).status == "cancelled" for job_id in finals)  # queued: cancelled at once
+        trials = list(db.scalars(select(SearchTrial).where(SearchTrial.search_id == search_id)))
+        assert all(t.test is None for t in trials) and all(t.state == "complete" for t in trials)
