@@ -25,6 +25,7 @@ from app.services import validator
 from app.services.events import add_event
 from app.services.pages import newest_first
 from app.services.placement import placement_warnings
+from app.services.trial_state import check_trial_source
 from app.storage import get_store
 from app.training import JobSpec, spec_sha256
 
@@ -181,6 +182,7 @@ def submit_job(*, db: Session, tenant: Tenant, spec: JobSpec, idempotency_key: s
         _refuse_code_teachers(spec, settings)
         _refuse_untracked_mlflow(spec, settings)
         check_file_refs(db=db, tenant=tenant, spec=stored)
+        check_trial_source(db=db, tenant_id=tenant.id, spec=stored)
         _enforce_caps(db=db, tenant=tenant, limits=settings)
         # In the validator process: the API process stays free of torch.
         validator.dry_run(stored, tenant_id=tenant.id, settings=settings)
@@ -213,6 +215,7 @@ async def validate_job(*, db: Session, tenant: Tenant, spec: JobSpec, settings: 
     _refuse_code_teachers(spec, settings)
     _refuse_untracked_mlflow(spec, settings)
     check_file_refs(db=db, tenant=tenant, spec=stored)
+    check_trial_source(db=db, tenant_id=tenant.id, spec=stored)
     summary = await validator.dry_run_async(stored, tenant_id=tenant.id, settings=settings)
     return ValidationSummary(spec=stored, spec_sha256=spec_sha256(spec), summary=summary,
                              warnings=placement_warnings(spec, settings, db=db))
