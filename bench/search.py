@@ -1,7 +1,13 @@
 """Searches: TPE against random search at equal trials, and the controller's cost over its trials.
 
     .venv/bin/python -m bench.search [--trials 24] [--seeds 0 1 2] [--datasets digits-mt mnist1d-mt]
-                                      [--out bench-search.jsonl]
+                                      [--out bench-search.jsonl] [--samplers tpe random]
+                                      [--student-epochs 4] [--transfer-rows 2000]
+
+The defaults are the comparison of samplers (small trials: a student stage of 0.1-2 s). The cost
+of a search's machinery shows against longer trials with --student-epochs and --transfer-rows
+(MNIST-1D's generated transfer set), e.g. `--datasets mnist1d-mt --seeds 0 --samplers random
+--trials 8 --student-epochs 20 --transfer-rows 20000`.
 
 One embedded stack (SQLite, filesystem broker) with two Celery workers (-c 1 each, one torch
 thread). For each seed, dataset and sampler it submits one search over HTTP: maximise the mean
@@ -52,6 +58,9 @@ TASKS = {
 }
 
 
+SIZES = {"student_epochs": 4, "transfer_rows": 2000}  # --student-epochs, --transfer-rows
+
+
 def base_spec(dataset: str) -> dict:
     """A small base: one trained-in-job teacher (trained once), a student trained for 4 epochs."""
     teacher_arch = ({"type": "cnn1d", "channels": [16, 32], "trunk": [64]} if dataset == "mnist1d-mt"
@@ -62,11 +71,11 @@ def base_spec(dataset: str) -> dict:
                       "source": {"train": {"arch": teacher_arch, "epochs": 15, "lr": 0.003}}}],
         "student": {"type": "mlp", "trunk": [16], "head": []},
         "distillation": {"strategy": "task_kd", "temperature": 4.0, "alpha": 0.5},
-        "training": {"epochs": 4, "batch_size": 256, "lr": 0.005, "seed": 0},
+        "training": {"epochs": SIZES["student_epochs"], "batch_size": 256, "lr": 0.005, "seed": 0},
         "baseline": False, "export": ["safetensors"],
     }
     if dataset == "mnist1d-mt":
-        spec["transfer_set"] = {"generate": 2000}  # MNIST-1D + transfer set
+        spec["transfer_set"] = {"generate": SIZES["transfer_rows"]}  # MNIST-1D + transfer set
     return spec
 
 
@@ -128,7 +137,7 @@ def table(rows: list[dict]) -> str:
     lines = [("| dataset | sampler | seeds | hypervolume (mean +- sd) | best feasible mean retention | "
               "wall / sum(student stage) | wall / (sum/2) |"), "|---|---|---|---|---|---|---|"]
     for dataset in sorted({r["dataset"] for r in rows}):
-        for sampler in ("tpe", "random"):
+        for sampler in ("tpe", "random", "nsga2"):
             group = [r for r in rows if r["dataset"] == dataset and r["sampler"] == sampler]
             if not group:
                 continue
@@ -147,7 +156,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--datasets", nargs="+", default=["digits-mt", "mnist1d-mt"])
     parser.add_argument("--out", type=Path, default=Path("bench-search.jsonl"))
+    parser.add_argument("--samplers", nargs="+", choices=["tpe", "random", "nsga2"], default=["tpe", "random"])
+    parser.add_argument("--student-epochs", type=int, default=SIZES["student_epochs"])
+    parser.add_argument("--transfer-rows", type=int, default=SIZES["transfer_rows"])
     args = parser.parse_args()
+    SIZES.update(student_epochs=args.student_epochs, transfer_rows=args.transfer_rows)
     extra = {"DISTILLERY_TORCH_THREADS": "1", "DISTILLERY_SEARCH_POLL_SECONDS": "0.5",
              "DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT": "100"}
     with stack(backend="embedded", worker=False, extra_env=extra) as s:
@@ -163,9 +176,10 @@ def main() -> None:
             with httpx.Client(base_url=s.url, headers={"Authorization": f"Bearer {s.key}"}, timeout=120) as api:
                 for seed in args.seeds:
                     for dataset in args.datasets:
-                        for sampler in ("tpe", "random"):
+                        for sampler in args.samplers:
                             row = run_search(api, dataset=dataset, sampler=sampler, seed=seed, trials=args.trials)
                             row["load"] = os.getloadavg()
+                            row["sizes"] = dict(SIZES)
                             rows.append(row)
                             with args.out.open("a") as fh:
                                 fh.write(json.dumps(row) + "\n")
