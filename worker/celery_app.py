@@ -1,5 +1,6 @@
 """The worker's Celery app: shared config from ``app.queue`` plus the tasks and the reaper."""
 
+import logging
 import multiprocessing.process
 
 from celery import Celery
@@ -151,6 +152,17 @@ def _start_search_controller(sender: object = None, **_: object) -> None:
 def _start_metrics_server(**_: object) -> None:
     if METRICS_DIR is not None:
         worker_metrics.start_metrics_server(get_settings(), METRICS_DIR)
+
+
+@worker_shutdown.connect
+def _retire_devices(**_: object) -> None:
+    """A job worker stopping is at once no longer counted by the API's placement checks."""
+    from worker.slots import retire_devices
+
+    try:
+        retire_devices(get_settings())
+    except Exception:  # noqa: BLE001 - the database may be gone; the row then ages out by itself
+        logging.getLogger("distillery.worker").warning("could not mark this worker stopped", exc_info=True)
 
 
 @worker_shutdown.connect

@@ -110,6 +110,7 @@ def plan_slots(settings: Settings, processes: int, *, environ: dict[str, str] | 
 # set in each pool process.
 _plan: SlotPlan | None = None
 _node: str | None = None
+_retired = False  # set at the worker's shutdown: a last reaper sweep must not declare it again
 _slot: Slot | None = None
 
 
@@ -148,12 +149,27 @@ def declare_devices(settings: Settings) -> None:
     from app.services.placement import declare_worker
     from worker.reaper import unpooled_sessions
 
-    if _plan is None or _node is None:
-        return  # not a job worker (a webhook worker trains nothing)
+    if _plan is None or _node is None or _retired:
+        return  # not a job worker (a webhook worker trains nothing), or one shutting down
     with unpooled_sessions(settings.resolved_database_url)() as db:
         declare_worker(db=db, host=socket.gethostname(), name=_node, accelerator=_plan.accelerator,
                        devices_per_process=_plan.per_process, processes=_plan.processes,
                        period_seconds=settings.reap_interval_seconds)
+
+
+def retire_devices(settings: Settings) -> None:
+    """Mark this worker not live in the workers table as it shuts down."""
+    import socket
+
+    from app.services.placement import retire_worker
+    from worker.reaper import unpooled_sessions
+
+    global _retired
+    if _plan is None or _node is None:
+        return
+    _retired = True
+    with unpooled_sessions(settings.resolved_database_url)() as db:
+        retire_worker(db=db, host=socket.gethostname(), name=_node)
 
 
 def record_placement(results: dict[str, Any], artifacts: list[Any], placement: dict[str, Any]) -> None:

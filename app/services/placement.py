@@ -44,6 +44,15 @@ def declare_worker(*, db: Session, host: str, name: str, accelerator: str, devic
     db.commit()
 
 
+def retire_worker(*, db: Session, host: str, name: str) -> None:
+    """A worker shutting down is no longer live at once (not ~LIVE_PERIODS sweeps later); its row
+    stays, as the last seen, for the fallbacks that read declared workers."""
+    row = db.scalar(select(Worker).where(Worker.host == host, Worker.name == name))
+    if row is not None:
+        row.seen_at = utcnow() - timedelta(seconds=LIVE_PERIODS * row.period_seconds + 1)
+        db.commit()
+
+
 @dataclass(frozen=True)
 class WorkerPool:
     """The job workers as they declared themselves, and the live ones among them."""

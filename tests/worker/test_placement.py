@@ -15,6 +15,7 @@ from app.services.placement import (
     dry_run_accelerator,
     placement_warnings,
     read_pool,
+    retire_worker,
 )
 from app.training.spec import JobSpec
 from tests.conftest import tiny_spec
@@ -107,3 +108,14 @@ def test_fp16_is_refused_where_no_live_worker_has_cuda(settings: Settings) -> No
     assert refused.value.errors[0]["field"] == "body.training.precision"
     assert "live job workers have none (cpu@h: cpu x1)" in str(refused.value)
     assert dry_run_accelerator(tiny_spec(), settings=settings) == "cpu"  # fp32 passes
+
+
+def test_a_worker_that_stops_is_no_longer_live_but_stays_declared(settings: Settings) -> None:
+    declare(settings, "stopping@h", devices=2, period=15.0)
+    with session_scope(settings.resolved_database_url) as db:
+        assert [w.name for w in read_pool(db=db).live] == ["stopping@h"]
+        retire_worker(db=db, host="h", name="stopping@h")
+        retire_worker(db=db, host="h", name="never-declared@h")  # nothing to do
+    with session_scope(settings.resolved_database_url) as db:
+        pool = read_pool(db=db)
+        assert pool.live == [] and [w.name for w in pool.declared] == ["stopping@h"]

@@ -14,6 +14,7 @@ from app.auth import create_api_key
 from app.config import Settings
 from app.db import session_scope
 from app.models import Artifact, Worker
+from app.services.placement import read_pool
 from tests.conftest import tiny_spec
 from tests.procs import (
     api_argv,
@@ -134,6 +135,9 @@ def test_validate_warns_from_the_live_workers_and_a_bigger_worker_runs_the_job(s
             done = wait_until(lambda: (j := api.get(f"/v1/jobs/{job_id}").json())["status"] not in
                               ("queued", "running") and j, timeout=600, interval=1, what="the job to end")
         assert done["status"] == "succeeded", done.get("error")
+        with session_scope(settings.resolved_database_url) as db:  # worker two stopped: not live at once
+            assert "two" not in {w.name.split("@")[0] for w in read_pool(db=db).live}
+            assert "one" in {w.name.split("@")[0] for w in read_pool(db=db).live}
         assert len(waiting()) == 1  # told once, however often worker one saw it
         results = api.get(f"/v1/jobs/{job_id}/results").json()
         assert results["world_size"] == 2
