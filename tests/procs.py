@@ -91,6 +91,18 @@ def api_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
 
 
+@contextmanager
+def api_server(settings: Settings, log: Path, **env: str) -> Iterator[str]:
+    """Run the API (uvicorn, `settings` plus `env`) on a free port for the block and yield its URL;
+    the block fails if the API logged a traceback."""
+    port = free_port()
+    with running(api_argv(port), env=env_for(settings, **env), log=log) as api:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/readyz", timeout=60)
+        yield url
+        assert "Traceback" not in api.output(), api.output()[-3000:]
+
+
 def wait_until(predicate: Callable[[], object], *, timeout: float, interval: float = 0.2, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

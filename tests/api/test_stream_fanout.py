@@ -16,7 +16,7 @@ from app.config import Settings
 from app.db import session_scope
 from app.services.lifecycle import claim_job, finish_job, record_progress
 from tests.conftest import tiny_spec
-from tests.procs import api_argv, env_for, free_port, running, wait_http
+from tests.procs import api_server
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +37,9 @@ class Server:
 def server(settings: Settings, tmp_path: Path) -> Iterator[Server]:
     with session_scope(settings.resolved_database_url) as db:
         keys = {name: create_api_key(db=db, tenant_name=name)[1] for name in ("acme", "globex")}
-    port = free_port()
-    env = env_for(settings, DISTILLERY_MAX_STREAMS_PER_TENANT=str(CAP), DISTILLERY_RATE_LIMIT="",
-                  DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT="50")
-    with running(api_argv(port), env=env, log=tmp_path / "api.log") as api:
-        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
-        yield Server(f"http://127.0.0.1:{port}", keys, settings)
-        assert "Traceback" not in api.output(), api.output()[-3000:]
+    with api_server(settings, tmp_path / "api.log", DISTILLERY_MAX_STREAMS_PER_TENANT=str(CAP),
+                    DISTILLERY_RATE_LIMIT="", DISTILLERY_MAX_ACTIVE_JOBS_PER_TENANT="50") as url:
+        yield Server(url, keys, settings)
 
 
 @dataclass

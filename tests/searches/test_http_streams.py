@@ -16,7 +16,7 @@ from app.db import session_scope
 from app.models import Search
 from app.services.searches import add_search_event
 from tests.conftest import tiny_spec
-from tests.procs import api_argv, env_for, free_port, running, wait_http
+from tests.procs import api_server
 from tests.searches.conftest import tiny_goal
 
 pytestmark = pytest.mark.timeout(300)
@@ -39,12 +39,9 @@ def server(settings: Settings, tmp_path: Path) -> Iterator[Server]:
 
     with session_scope(settings.resolved_database_url) as db:
         headers = {"Authorization": f"Bearer {create_api_key(db=db, tenant_name='searcher')[1]}"}
-    port = free_port()
-    env = env_for(settings, DISTILLERY_MAX_STREAMS_PER_TENANT=str(CAP), DISTILLERY_RATE_LIMIT="")
-    with running(api_argv(port), env=env, log=tmp_path / "api.log") as api:
-        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=60)
-        yield Server(f"http://127.0.0.1:{port}", headers, tmp_path / "api.log")
-        assert "Traceback" not in api.output(), api.output()[-3000:]
+    log = tmp_path / "api.log"
+    with api_server(settings, log, DISTILLERY_MAX_STREAMS_PER_TENANT=str(CAP), DISTILLERY_RATE_LIMIT="") as url:
+        yield Server(url, headers, log)
 
 
 def test_an_idempotency_key_replays_the_same_search(server: Server) -> None:
