@@ -14,7 +14,6 @@ GPU or CPU: DISTILLERY_WORKER_ACCELERATOR cuda/cpu, or "auto": CUDA devices dete
 to "cpu" on a host with GPUs hides them from its jobs.
 """
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -171,12 +170,3 @@ def retire_devices(settings: Settings) -> None:
     with unpooled_sessions(settings.resolved_database_url)() as db:
         retire_worker(db=db, host=socket.gethostname(), name=_node)
 
-
-def record_placement(results: dict[str, Any], artifacts: list[Any], placement: dict[str, Any]) -> None:
-    """Add `placement` to a finished job's results and to its results.json file."""
-    results["placement"] = placement
-    for path in artifacts:
-        if path.name == "results.json":
-            tmp = path.with_suffix(".json.tmp")
-            tmp.write_text(json.dumps(results, indent=2) + "\n")
-            tmp.replace(path)

@@ -25,7 +25,6 @@ from app.services.trial_state import fetch_trial_state
 from app.training import TrainCallbacks
 from worker.celery_app import celery_app
 from worker.ddp import defer_if_too_big, job_placement
-from worker.slots import record_placement
 
 log = logging.getLogger("distillery.worker")
 T = TypeVar("T")
@@ -199,8 +198,8 @@ def execute_job(job_id: str, *, settings: Settings) -> str:
                                allow_torchscript=settings.allow_torchscript,
                                checkpoint_interval=settings.checkpoint_interval_seconds,
                                reuse_teacher_weights=True,  # a search's trials train their teachers once
-                               trial_state=trial_state)  # a finalise job: its light trial's student
-        record_placement(result.results, result.artifacts, placement)
+                               trial_state=trial_state,  # a finalise job: its light trial's student
+                               placement=placement)
         stored = store_outputs(job_id=job_id, files=list(result.artifacts), settings=settings)
         finish(JobStatus.SUCCEEDED, results=result.results, artifacts=stored)
         worker_metrics.job_results(result.results, batch_size=spec.training.batch_size)

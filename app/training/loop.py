@@ -11,6 +11,7 @@ where it stopped and ends with the same weights and metrics as an uninterrupted 
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
           job_id: str | None = None, cache_dir: Path | None = None,
           resolver: FileResolver | None = None, allow_torchscript: bool = False,
           checkpoint_interval: float = 0.0, reuse_teacher_weights: bool = False,
-          ranks: Ranks | None = None, trial_state: Path | None = None) -> Result:
+          ranks: Ranks | None = None, trial_state: Path | None = None,
+          placement: dict[str, Any] | None = None) -> Result:
     """Run (or resume) the job in `workdir` and write its artifacts to workdir/artifacts.
 
     `cache_dir` holds teacher outputs shared between jobs (default: workdir/../teacher-cache);
@@ -62,6 +64,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
     `ranks`: this process's data-parallel rank (launch.py starts them; default: the only one).
     `trial_state`: a light trial's trial-state.pt, for a spec with trial.mode "finalise": its
     student stages are loaded, not trained (a checkpoint in `workdir` still wins).
+    `placement`: where the worker ran the job (its device slot, worker/slots.py), written into
+    results.json as `placement`.
     """
     started = time.perf_counter()
     workdir = Path(workdir)
@@ -159,6 +163,8 @@ def train(spec: JobSpec, workdir: Path, *, callbacks: TrainCallbacks | None = No
         parallel = ranks.report()  # world_size and each rank's throughput
         if not ranks.is_main:
             return Result(results=parallel, artifacts=[])
+        if placement is not None:
+            parallel = {**parallel, "placement": placement}
         if light:  # validation only; the student state is kept for a finalise job
             results = write_light_results(
                 spec=spec, out=workdir / "artifacts", plans=plans, models=models, state=state,

@@ -134,7 +134,7 @@ def write_results(*, spec: JobSpec, out: Path, plans: list[StagePlan],
         "device": device,
         "precision": spec.training.precision,  # the training step's (precision.py)
         "data_placement": placements,  # stage -> "device" | "stream" (stages trained by this call)
-        # world_size and per-rank training throughput (distributed.Ranks.report)
+        # world_size and per-rank training throughput (distributed.Ranks.report); a worker's placement
         **(parallel or {"world_size": 1}),
     }
     results["timing"]["total_seconds"] = round(elapsed, 3)
